@@ -1,0 +1,111 @@
+"""Command line: `simclr-ablations prepare | pretrain | evaluate | curves | params`.
+
+Every command that needs params takes the same three sources: `--preset NAME`, `--params FILE`
+(repeatable; a file may name its preset with a top-level `preset:` key) and `--set key=value`
+(repeatable). They are resolved and validated before anything else happens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import yaml
+
+from . import params
+
+
+def _params_args(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--preset", help=f"one of: {', '.join(params.presets())}")
+    sp.add_argument("--params", action="append", default=[], metavar="FILE", help="params file (repeatable)")
+    sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key (repeatable)")
+
+
+def _resolve(args) -> dict:
+    return params.load(args.preset, args.params, args.set)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="simclr-ablations", description=__doc__)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+
+    sp = sub.add_parser("params", help="print the resolved, validated params (YAML), or one key of them")
+    _params_args(sp)
+    sp.add_argument("--key", help="dotted key to print, e.g. data or pretrain.batch_size")
+    sp.add_argument("--digest", action="store_true", help="print the run id these params give")
+
+    sp = sub.add_parser("prepare", help="prepare a dataset into a directory of uint8 tensors")
+    _params_args(sp)
+    sp.add_argument("--out", required=True, type=Path)
+
+    sp = sub.add_parser("pretrain", help="pretrain (resumes from out/checkpoint.pt if present)")
+    _params_args(sp)
+    sp.add_argument("--data", required=True, type=Path, help="prepared dataset directory")
+    sp.add_argument("--out", required=True, type=Path, help="run directory")
+    sp.add_argument("--threads", type=int, default=0)
+
+    sp = sub.add_parser("evaluate", help="linear eval + kNN of a finished run, as JSON")
+    sp.add_argument("--run", required=True, type=Path)
+    sp.add_argument("--data", required=True, type=Path)
+    sp.add_argument("--out", required=True, type=Path)
+    sp.add_argument("--threads", type=int, default=0)
+
+    sp = sub.add_parser("curves", help="plot a run's training curves")
+    sp.add_argument("--run", required=True, type=Path)
+    sp.add_argument("--out", required=True, type=Path)
+    sp.add_argument("--title", default="")
+
+    args = ap.parse_args(argv)
+    try:
+        return _dispatch(args)
+    except params.ParamsError as e:
+        print(f"simclr-ablations: invalid params: {e}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args) -> int:
+    if args.cmd == "params":
+        p = _resolve(args)
+        if args.digest:
+            from .pretrain import run_id
+
+            print(run_id(p))
+            return 0
+        node = p
+        for part in (args.key.split(".") if args.key else []):
+            node = node[part]
+        print(yaml.safe_dump(node, sort_keys=False) if isinstance(node, dict) else json.dumps(node))
+        return 0
+    if args.cmd == "prepare":
+        from . import data
+
+        p = _resolve(args)
+        out = data.prepare(p, args.out)
+        print(json.dumps(data.load_meta(out)["sizes"]))
+        return 0
+    if args.cmd == "pretrain":
+        from . import pretrain
+
+        p = _resolve(args)
+        summary = pretrain.train(p, args.data, args.out, args.threads)
+        print(json.dumps({k: summary[k] for k in ("run_id", "train_seconds", "device")}))
+        return 0
+    if args.cmd == "evaluate":
+        from . import evaluate
+
+        metrics = evaluate.evaluate(args.run, args.data, args.threads)
+        evaluate.write_json(metrics, args.out)
+        print(json.dumps({k: metrics[k] for k in ("run_id", "linear_top1", "knn_top1")}))
+        return 0
+    if args.cmd == "curves":
+        from . import plots
+
+        plots.curves(args.run / "history.csv", args.out, args.title)
+        return 0
+    raise AssertionError(args.cmd)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

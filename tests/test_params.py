@@ -1,0 +1,85 @@
+"""Params: one source of truth, validated once with messages that name the key."""
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from simclr_ablations import params
+from simclr_ablations.params import ParamsError
+
+
+def test_default_and_presets_resolve():
+    base = params.load()
+    assert base["pretrain"]["batch_size"] == 4096 and base["pretrain"]["optimizer"] == "lars"
+    for name in params.presets():
+        p = params.load(name)
+        assert set(p) == set(base)
+    assert params.load("smoke")["pretrain"]["epochs"] < base["pretrain"]["epochs"]
+
+
+@pytest.mark.parametrize(
+    "setting, words",
+    [
+        ("pretrain.temprature=0.1", ["unknown key", "pretrain.temprature", "temperature"]),
+        ("augment.ops=[crop, hue]", ["augment.ops", "'hue'", "crop, cutout, color"]),
+        ("pretrain.loss=infonce", ["pretrain.loss", "infonce", "nt_xent, nt_logistic, margin_triplet"]),
+        ("head.type=deep", ["head.type", "none, linear, mlp"]),
+        ("pretrain.batch_size=1", ["pretrain.batch_size", "1", ">= 2"]),
+        ("encoder.width=0", ["encoder.width", "> 0"]),
+        ("encoder.width=-1", ["encoder.width", "> 0"]),
+        ("pretrain.temperature=0", ["pretrain.temperature", "> 0"]),
+        ("pretrain.epochs=ten", ["pretrain.epochs", "'ten'", "expected int"]),
+        ("pretrain.batch_size=256.5", ["pretrain.batch_size", "expected int"]),
+        ("pretrain.l2_normalize=1", ["pretrain.l2_normalize", "expected bool"]),
+        ("encoder.depth=20", ["encoder.depth", "10, 18, 34, 50"]),
+        ("eval.feature_layer=3", ["eval.feature_layer", "0 (h) to 2"]),
+        ("data=5", ["'data' must be a mapping"]),
+        ("augment.ops=[crop, crop]", ["only once"]),
+    ],
+)
+def test_invalid_settings_name_key_value_and_allowed(setting, words):
+    with pytest.raises(ParamsError) as err:
+        params.load("smoke", settings=[setting])
+    for w in words:
+        assert w in str(err.value)
+
+
+def test_int_accepted_for_float_and_converted():
+    p = params.load(settings=["pretrain.temperature=1"])
+    assert p["pretrain"]["temperature"] == 1.0 and isinstance(p["pretrain"]["temperature"], float)
+
+
+def test_layers_override_in_order(tmp_path):
+    f = tmp_path / "exp.yaml"
+    f.write_text(yaml.safe_dump({"preset": "smoke", "pretrain": {"temperature": 0.2, "epochs": 5}}))
+    p = params.load(files=[f], settings=["pretrain.epochs=7"])
+    assert p["pretrain"]["temperature"] == 0.2  # file over preset/default
+    assert p["pretrain"]["epochs"] == 7  # setting over file
+    assert p["encoder"]["width"] == params.load("smoke")["encoder"]["width"]  # preset taken from the file
+
+
+def test_unknown_preset_lists_presets():
+    with pytest.raises(ParamsError, match="allowed presets are .*smoke"):
+        params.load("tiny")
+
+
+def test_resolved_roundtrip_and_digest_ignores_nothing_but_runtime():
+    from simclr_ablations.pretrain import run_id
+
+    p = params.load("smoke")
+    assert params.from_resolved(p) == p
+    q = params.load("smoke", settings=["runtime.threads=1"])
+    r = params.load("smoke", settings=["seed=1"])
+    assert run_id(p) == run_id(q) != run_id(r)
+
+
+def test_cli_refuses_bad_params_before_touching_data(tmp_path):
+    out = tmp_path / "prepared"
+    proc = subprocess.run(
+        [sys.executable, "-m", "simclr_ablations.cli", "prepare", "--preset", "smoke", "--set",
+         "augment.color.strength=-1", "--out", str(out)], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert "augment.color.strength" in proc.stderr and "-1" in proc.stderr and ">= 0" in proc.stderr
+    assert not out.exists()

@@ -1,0 +1,118 @@
+"""Pretraining end to end on the smoke preset: determinism, resume after a kill, NaN handling."""
+
+import json
+import subprocess
+import sys
+import time
+
+import pandas as pd
+import pytest
+import torch
+
+from simclr_ablations import evaluate, params, pretrain
+
+from conftest import cli
+
+
+def _weights(run):
+    return torch.load(run / "model.pt", weights_only=False)["model"]
+
+
+def test_pretrain_evaluate_and_determinism(smoke_data, tmp_path):
+    p = params.load("smoke")
+    a = pretrain.train(p, smoke_data, tmp_path / "a", threads=1, log=lambda *_: None)
+    pretrain.train(p, smoke_data, tmp_path / "b", threads=1, log=lambda *_: None)
+    wa, wb = _weights(tmp_path / "a"), _weights(tmp_path / "b")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert a["final"]["loss"] > 0 and a["steps"] == 2 * (512 // 128)
+    hist = pd.read_csv(tmp_path / "a" / "history.csv")
+    assert list(hist["epoch"]) == [1, 2] and {"loss", "contrastive_acc", "entropy", "lr"} <= set(hist)
+    m = evaluate.evaluate(tmp_path / "a", smoke_data, threads=1)
+    assert 0 <= m["linear_top1"] <= 100 and 0 <= m["knn_top1"] <= 100
+    assert [row["layer"] for row in m["by_layer"]] == [0, 1, 2]
+    assert m["params"] == p and "frozen" in m["protocol"]
+    mb = evaluate.evaluate(tmp_path / "b", smoke_data, threads=1)
+    assert m | {"train_seconds": 0} == mb | {"train_seconds": 0}  # wall time is the only difference
+
+
+def test_other_seed_differs(smoke_data, tmp_path):
+    p = params.load("smoke", settings=["pretrain.epochs=1", "pretrain.warmup_epochs=0"])
+    q = params.load("smoke", settings=["pretrain.epochs=1", "pretrain.warmup_epochs=0", "seed=1"])
+    a = pretrain.train(p, smoke_data, tmp_path / "a", threads=1, log=lambda *_: None)
+    b = pretrain.train(q, smoke_data, tmp_path / "b", threads=1, log=lambda *_: None)
+    assert a["final"]["loss"] != b["final"]["loss"]
+
+
+def test_resume_after_kill_gives_identical_results(smoke_data, tmp_path):
+    settings = ["--set", "pretrain.epochs=4", "--set", "runtime.checkpoint_every=1"]
+    cli("pretrain", "--preset", "smoke", *settings, "--data", smoke_data, "--out", tmp_path / "full", "--threads", 1)
+
+    run = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "simclr_ablations.cli", "pretrain", "--preset", "smoke", *settings,
+           "--data", str(smoke_data), "--out", str(run), "--threads", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (run / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    assert (run / "checkpoint.pt").exists() and not (run / "model.pt").exists()
+    done = torch.load(run / "checkpoint.pt", weights_only=False)["epoch"] + 1
+    assert done < 4
+
+    resumed = cli("pretrain", "--preset", "smoke", *settings, "--data", smoke_data, "--out", run, "--threads", 1)
+    assert f"resuming from checkpoint {run / 'checkpoint.pt'} at epoch {done}" in resumed.stdout
+    wa, wb = _weights(tmp_path / "full"), _weights(run)
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    ha, hb = pd.read_csv(tmp_path / "full" / "history.csv"), pd.read_csv(run / "history.csv")
+    assert ha["loss"].tolist() == hb["loss"].tolist()
+    cli("evaluate", "--run", tmp_path / "full", "--data", smoke_data, "--out", tmp_path / "a.json", "--threads", 1)
+    cli("evaluate", "--run", run, "--data", smoke_data, "--out", tmp_path / "b.json", "--threads", 1)
+    ma, mb = (json.loads((tmp_path / f).read_text()) for f in ("a.json", "b.json"))
+    assert (ma["linear_top1"], ma["knn_top1"]) == (mb["linear_top1"], mb["knn_top1"])
+
+
+def test_checkpoint_of_other_params_is_not_resumed(smoke_data, tmp_path):
+    p = params.load("smoke", settings=["pretrain.epochs=1", "pretrain.warmup_epochs=0"])
+    pretrain.train(p, smoke_data, tmp_path, threads=1, log=lambda *_: None)
+    q = params.load("smoke", settings=["pretrain.epochs=1", "pretrain.warmup_epochs=0", "pretrain.temperature=0.2"])
+    lines = []
+    pretrain.train(q, smoke_data, tmp_path, threads=1, log=lines.append)
+    assert any("ignoring checkpoint" in line for line in lines)
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(smoke_data, tmp_path, monkeypatch):
+    p = params.load("smoke", settings=["pretrain.epochs=3"])
+    calls = {"n": 0}
+    real = pretrain.losses.loss_fn(p)
+
+    def poisoned(_p):
+        def fn(z1, z2):
+            calls["n"] += 1
+            loss = real(z1, z2)
+            return loss * float("nan") if calls["n"] > 4 else loss  # 4 steps = epoch 1
+        return fn
+
+    monkeypatch.setattr(pretrain.losses, "loss_fn", poisoned)
+    with pytest.raises(pretrain.TrainingDiverged, match="epoch 2, step 1.*Last good checkpoint"):
+        pretrain.train(p, smoke_data, tmp_path, threads=1, log=lambda *_: None)
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert ckpt["epoch"] == 0 and all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+    assert not (tmp_path / "model.pt").exists()
+
+
+def test_supervised_baseline(smoke_data, tmp_path):
+    p = params.load("smoke", settings=["method=supervised"])
+    pretrain.train(p, smoke_data, tmp_path, threads=1, log=lambda *_: None)
+    m = evaluate.evaluate(tmp_path, smoke_data, threads=1)
+    assert 0 <= m["supervised_top1"] <= 100 and "contrastive_acc" not in m
+    assert "train_acc" in pd.read_csv(tmp_path / "history.csv")
+
+
+@pytest.mark.parametrize("setting", ["pretrain.loss=nt_logistic", "pretrain.loss=margin_triplet",
+                                     "pretrain.optimizer=sgd", "pretrain.optimizer=adam", "head.type=none",
+                                     "augment.branches=one", "encoder.depth=50"])
+def test_variants_train(smoke_data, tmp_path, setting):
+    p = params.load("smoke", settings=[setting, "pretrain.epochs=1", "pretrain.warmup_epochs=0"])
+    s = pretrain.train(p, smoke_data, tmp_path, threads=1, log=lambda *_: None)
+    assert s["final"]["loss"] == s["final"]["loss"]  # finite, not NaN
