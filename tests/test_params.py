@@ -65,14 +65,18 @@ def test_unknown_preset_lists_presets():
         params.load("tiny")
 
 
-def test_resolved_roundtrip_and_digest_ignores_nothing_but_runtime():
+def test_resolved_roundtrip_and_run_identity():
     from simclr_ablations.pretrain import run_id
 
     p = params.load("smoke")
     assert params.from_resolved(p) == p
-    q = params.load("smoke", settings=["runtime.threads=1"])
-    r = params.load("smoke", settings=["seed=1"])
-    assert run_id(p) == run_id(q) != run_id(r)
+    same = lambda *s: run_id(params.load("smoke", settings=list(s)))
+    assert same() == same("runtime.threads=1") == same("augment.noise.std=0.3") == same("pretrain.margin=2")
+    assert same("head.type=none") == same("head.type=none", "head.out_dim=7", "head.layers=3")
+    assert same("method=supervised") == same("method=supervised", "pretrain.temperature=0.1", "head.out_dim=7")
+    for changed in ("seed=1", "pretrain.temperature=0.2", "augment.color.strength=0.5", "head.out_dim=7",
+                    "augment.ops=[crop, color]", "data.synthetic.train_size=100", "eval.linear.epochs=3"):
+        assert same(changed) != same(), changed
 
 
 def test_cli_refuses_bad_params_before_touching_data(tmp_path):

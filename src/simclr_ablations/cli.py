@@ -1,4 +1,4 @@
-"""Command line: `simclr-ablations prepare | pretrain | evaluate | curves | params`.
+"""Command line: `simclr-ablations prepare | pretrain | evaluate | curves | params | table | figure | findings`.
 
 Every command that needs params takes the same three sources: `--preset NAME`, `--params FILE`
 (repeatable; a file may name its preset with a top-level `preset:` key) and `--set key=value`
@@ -57,6 +57,27 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--out", required=True, type=Path)
     sp.add_argument("--title", default="")
 
+    sp = sub.add_parser("table", help="aggregate a study's runs into results tables (CSV + Markdown)")
+    sp.add_argument("--preset", required=True)
+    sp.add_argument("--study", required=True)
+    sp.add_argument("--runs", required=True, type=Path, help="directory holding one folder per run id")
+    sp.add_argument("--out-dir", required=True, type=Path)
+    sp.add_argument("--extra", action="append", default=[], metavar="KEY=VALUE", help="setting applied to every run")
+    sp.add_argument("--caption", default="")
+    sp.add_argument("--seeds", type=int, default=0, help="number of replicates (0: the preset's)")
+
+    sp = sub.add_parser("figure", help="draw a study's figure from its tables")
+    sp.add_argument("--study", required=True)
+    sp.add_argument("--tables", required=True, type=Path)
+    sp.add_argument("--out", required=True, type=Path)
+    sp.add_argument("--caption", default="")
+
+    sp = sub.add_parser("findings", help="check the paper's findings against the tables")
+    sp.add_argument("--tables", required=True, type=Path)
+    sp.add_argument("--out", required=True, type=Path)
+    sp.add_argument("--preset", required=True)
+    sp.add_argument("--dataset", default="synthetic")
+
     args = ap.parse_args(argv)
     try:
         return _dispatch(args)
@@ -103,6 +124,21 @@ def _dispatch(args) -> int:
         from . import plots
 
         plots.curves(args.run / "history.csv", args.out, args.title)
+        return 0
+    if args.cmd == "table":
+        from . import tables
+
+        tables.write(args.preset, args.study, args.runs, args.out_dir, tuple(args.extra), args.caption, args.seeds)
+        return 0
+    if args.cmd == "figure":
+        from . import figures
+
+        figures.draw(args.study, args.tables, args.out, args.caption)
+        return 0
+    if args.cmd == "findings":
+        from . import findings
+
+        findings.write(args.tables, args.out, args.preset, args.dataset, findings.cost_table(args.tables))
         return 0
     raise AssertionError(args.cmd)
 

@@ -9,6 +9,7 @@ rerun of a killed job continues from the last one.
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import os
@@ -26,9 +27,32 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN/inf; the last good checkpoint is kept."""
 
 
+def canonical(p: dict) -> dict:
+    """The params that can change a run's results: `runtime` (threads, device...) and keys the
+    configuration does not read (the head's size when there is no head, the loss of the supervised
+    baseline, the settings of augmentations not in use) are left out."""
+    q = copy.deepcopy({k: v for k, v in p.items() if k != "runtime"})
+    head, t, aug = q["head"], q["pretrain"], q["augment"]
+    if head["type"] != "mlp":
+        q["head"] = {"type": "none"} if head["type"] == "none" else {"type": "linear", "out_dim": head["out_dim"]}
+    if q["method"] == "supervised":
+        del q["head"], q["eval"]["feature_layer"]
+        for key in ("loss", "temperature", "l2_normalize", "margin", "semi_hard"):
+            del t[key]
+    elif t["loss"] != "margin_triplet":
+        del t["margin"], t["semi_hard"]
+    used = set(aug["ops"]) | ({"crop"} if aug["branches"] == "one" else set())
+    for op in augment.OPS:
+        if op not in used:
+            del aug[op]
+    if aug["branches"] == "both":
+        del aug["base_crop_scale"]
+    return q
+
+
 def run_id(p: dict) -> str:
-    """Runs are identified by their resolved params; `runtime` (threads, device...) does not change results."""
-    return params.digest({k: v for k, v in p.items() if k != "runtime"})
+    """Runs are identified by the digest of their canonical params."""
+    return params.digest(canonical(p))
 
 
 def setup(p: dict, threads: int = 0) -> torch.device:

@@ -1,0 +1,217 @@
+"""Study figures in the style of the paper's, drawn from the study tables (mean with std error bars,
+every seed as a dot), with the paper's own numbers beside ours where the study matches."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from . import studies  # noqa: E402
+from .plots import save  # noqa: E402
+from .tables import METRICS  # noqa: E402
+
+PAPER = Path(__file__).resolve().parents[2] / "workflow" / "resources" / "paper"
+YLABEL = "linear-eval top-1 (%)"
+
+
+def _paper(name: str) -> pd.DataFrame | None:
+    path = PAPER / name
+    return pd.read_csv(path) if path.exists() else None
+
+
+def _bars(ax, labels, agg, runs, key, metric="top1", offset=0.0, width=0.8, label=None, color=None):
+    x = np.arange(len(labels)) + offset
+    rows = [agg[agg[key] == lab].iloc[0] for lab in labels]
+    means = [r[f"{metric}_mean"] for r in rows]
+    stds = [0 if pd.isna(r[f"{metric}_std"]) else r[f"{metric}_std"] for r in rows]
+    ax.bar(x, means, width, yerr=stds, capsize=3, label=label, color=color, alpha=0.85)
+    for xi, lab in zip(x, labels):
+        pts = runs[runs[key] == lab][metric]
+        ax.plot([xi] * len(pts), pts, "k.", ms=3)
+    return x
+
+
+def augmentations(agg, runs, ax_title):
+    ops = studies.spec()["studies"]["augmentations"]["axes"]["pair"]["pairs"]
+    val = {}
+    for _, r in agg.iterrows():
+        parts = r["pair"].split("+")
+        val[(parts[0], parts[-1])] = val[(parts[-1], parts[0])] = r["top1_mean"]
+    present = [o for o in ops if any((o, b) in val for b in ops)]
+    m = np.array([[val.get((a, b), np.nan) for b in present] for a in present])
+    fig, ax = plt.subplots(figsize=(6.4, 5.4))
+    im = ax.imshow(m, cmap="viridis")
+    for i in range(len(present)):
+        for j in range(len(present)):
+            if not np.isnan(m[i, j]):
+                ax.text(j, i, f"{m[i, j]:.1f}", ha="center", va="center", fontsize=8,
+                        color="w" if m[i, j] < np.nanmean(m) else "k")
+    ax.set_xticks(range(len(present)), present, rotation=45)
+    ax.set_yticks(range(len(present)), [f"{o} (avg {np.nanmean(m[i]):.1f})" for i, o in enumerate(present)])
+    ax.set_xlabel("2nd transformation")
+    ax.set_ylabel("1st transformation (row average)")
+    fig.colorbar(im, ax=ax, label=YLABEL)
+    ax.set_title(ax_title + "\n(diagonal: single op; ops on one branch only, both views cropped)", fontsize=9)
+    return fig
+
+
+def color_strength(agg, runs, ax_title):
+    labels = list(dict.fromkeys(agg["strength"]))
+    paper = _paper("table1_color.csv")
+    fig, axes = plt.subplots(1, 2 if paper is not None else 1, figsize=(11, 4), squeeze=False)
+    ax = axes[0, 0]
+    for k, method in enumerate(["SimCLR", "Supervised"]):
+        sel = agg["method"] == method
+        _bars(ax, labels, agg[sel], runs[runs["method"] == method], "strength", offset=(k - 0.5) * 0.4,
+              width=0.4, label=method)
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_xlabel("color distortion strength")
+    ax.set_ylabel("top-1 (%): SimCLR linear eval / supervised classifier")
+    ax.set_title("this run: " + ax_title, fontsize=9)
+    ax.legend()
+    if paper is not None:
+        ax = axes[0, 1]
+        p = paper[paper["strength"].isin(labels)]
+        for k, method in enumerate(["SimCLR", "Supervised"]):
+            q = p[p["method"] == method].set_index("strength").reindex(labels)
+            ax.bar(np.arange(len(labels)) + (k - 0.5) * 0.4, q["top1"], 0.4, label=method, alpha=0.85)
+        ax.set_xticks(range(len(labels)), labels)
+        ax.set_ylim(50, 80)
+        ax.set_xlabel("color distortion strength")
+        ax.set_ylabel("ImageNet top-1 (%)")
+        ax.set_title("paper, Table 1 (ResNet-50, ImageNet)", fontsize=9)
+        ax.legend()
+    return fig
+
+
+def encoder(agg, runs, ax_title):
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for method, marker in (("SimCLR", "o"), ("Supervised", "s")):
+        sel = agg[agg["method"] == method]
+        ax.errorbar(sel["encoder_params_mean"] / 1e6, sel["top1_mean"], yerr=sel["top1_std"].fillna(0), fmt=marker,
+                    capsize=3, label=method)
+        for _, r in sel.iterrows():
+            ax.annotate(f"{r['depth']} {r['width']}", (r["encoder_params_mean"] / 1e6, r["top1_mean"]), fontsize=7,
+                        xytext=(3, 3), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("encoder parameters (millions, log scale)")
+    ax.set_ylabel("top-1 (%): SimCLR linear eval / supervised")
+    ax.set_title(ax_title, fontsize=9)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def projection_head(agg, runs, ax_title):
+    dims = list(dict.fromkeys(agg["out_dim"]))
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    heads = list(dict.fromkeys(agg["head"]))
+    w = 0.8 / (2 * len(heads))
+    k = 0
+    for head in heads:
+        for metric, hatch in (("top1_h", ""), ("top1_gh", "//")):
+            if head == "None" and metric == "top1_gh":
+                continue
+            sel = agg[agg["head"] == head].set_index("out_dim").reindex(dims)
+            x = np.arange(len(dims)) + (k - len(heads)) * w + w / 2
+            ax.bar(x, sel[f"{metric}_mean"], w, yerr=sel[f"{metric}_std"].fillna(0), capsize=2, hatch=hatch,
+                   label=f"{head}, eval on {'h' if metric == 'top1_h' else 'g(h)'}", alpha=0.85)
+            k += 1
+    ax.set_xticks(range(len(dims)), dims)
+    ax.set_xlabel("projection output dimensionality")
+    ax.set_ylabel(YLABEL)
+    ax.set_title(ax_title, fontsize=9)
+    ax.legend(fontsize=7, ncol=2)
+    return fig
+
+
+def _settings_bars(agg, runs, ax_title, paper_df, paper_labels, paper_title):
+    labels = list(agg["setting"])
+    fig, axes = plt.subplots(1, 2 if paper_df is not None else 1, figsize=(12, 4.2), squeeze=False)
+    ax = axes[0, 0]
+    _bars(ax, labels, agg, runs, "setting")
+    ax.set_xticks(range(len(labels)), labels, rotation=40, ha="right", fontsize=8)
+    ax.set_ylabel(YLABEL)
+    ax.set_title("this run: " + ax_title, fontsize=9)
+    if paper_df is not None:
+        ax = axes[0, 1]
+        ax.bar(range(len(paper_df)), paper_df["top1"], color="gray")
+        ax.set_xticks(range(len(paper_df)), paper_labels, rotation=40, ha="right", fontsize=8)
+        ax.set_ylim(45, 70)
+        ax.set_ylabel("ImageNet top-1 (%)")
+        ax.set_title(paper_title, fontsize=9)
+    return fig
+
+
+def losses(agg, runs, ax_title):
+    p = _paper("table4_losses.csv")
+    names = {"margin_triplet": "Margin", "nt_logistic": "NT-Logi.", "nt_xent": "NT-Xent"}
+    labels = None if p is None else [names[r.loss] + (" (sh)" if r.semi_hard else "") for r in p.itertuples()]
+    return _settings_bars(agg, runs, ax_title, p, labels, "paper, Table 4 (best of each loss's grid)")
+
+
+def temperature(agg, runs, ax_title):
+    p = _paper("table5_temperature.csv")
+    labels = None if p is None else [("l2" if r.l2_normalize else "no l2") + f", t={r.temperature:g}"
+                                     for r in p.itertuples()]
+    fig = _settings_bars(agg, runs, ax_title, p, labels, "paper, Table 5 (ResNet-50, 100 epochs)")
+    ax = fig.axes[0]
+    for i, (_, r) in enumerate(agg.iterrows()):
+        ax.annotate(f"H={r['entropy_mean']:.1f}\nacc={r['contrastive_acc_mean']:.0f}", (i, r["top1_mean"]),
+                    fontsize=6, ha="center", xytext=(0, 4), textcoords="offset points")
+    return fig
+
+
+def batch_epochs(agg, runs, ax_title):
+    scalings = list(dict.fromkeys(agg["lr_scaling"]))
+    paper = _paper("tableB1_batch_epochs.csv")
+    n = len(scalings) + (paper is not None)
+    fig, axes = plt.subplots(1, n, figsize=(5.5 * n, 4), squeeze=False)
+    for ax, scaling in zip(axes[0], scalings):
+        sel = agg[agg["lr_scaling"] == scaling]
+        epochs = list(dict.fromkeys(sel["epochs"]))
+        batches = list(dict.fromkeys(sel["batch"]))
+        w = 0.8 / len(batches)
+        for k, b in enumerate(batches):
+            s = sel[sel["batch"] == b].set_index("epochs").reindex(epochs)
+            ax.bar(np.arange(len(epochs)) + (k - len(batches) / 2 + 0.5) * w, s["top1_mean"], w,
+                   yerr=s["top1_std"].fillna(0), capsize=2, label=f"batch {b}")
+        ax.set_xticks(range(len(epochs)), epochs)
+        ax.set_xlabel("training epochs")
+        ax.set_ylabel(YLABEL)
+        ax.set_title(f"this run, {scaling} lr scaling: {ax_title}", fontsize=8)
+        ax.legend(fontsize=7)
+    if paper is not None:
+        ax = axes[0, -1]
+        p = paper[paper["lr_scaling"] == "linear"]
+        epochs = sorted(p["epochs"].unique())
+        batches = sorted(p["batch_size"].unique())
+        w = 0.8 / len(batches)
+        for k, b in enumerate(batches):
+            s = p[p["batch_size"] == b].set_index("epochs").reindex(epochs)
+            ax.bar(np.arange(len(epochs)) + (k - len(batches) / 2 + 0.5) * w, s["top1"], w, label=f"batch {b}")
+        ax.set_xticks(range(len(epochs)), epochs)
+        ax.set_ylim(50, 72)
+        ax.set_xlabel("training epochs")
+        ax.set_ylabel("ImageNet top-1 (%)")
+        ax.set_title("paper, Table B.1 (linear lr scaling)", fontsize=8)
+        ax.legend(fontsize=7)
+    return fig
+
+
+def draw(study: str, tables_dir: Path, out: Path, caption: str) -> None:
+    agg = pd.read_csv(Path(tables_dir) / f"{study}.csv", dtype=str, keep_default_na=False)
+    runs = pd.read_csv(Path(tables_dir) / f"{study}_runs.csv", dtype=str, keep_default_na=False)
+    for frame in (agg, runs):
+        for col in frame.columns:
+            if col.endswith(("_mean", "_std")) or col in ["n", "seed", *METRICS]:
+                frame[col] = pd.to_numeric(frame[col].replace("", np.nan))
+    title = f"{studies.spec()['studies'][study]['title']}\n{caption}"
+    fig = globals()[study](agg, runs, title)
+    save(fig, out)

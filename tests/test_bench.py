@@ -1,0 +1,22 @@
+"""Smoke test of bench/throughput.py: it runs and prints its final line (no timing thresholds)."""
+
+import re
+import subprocess
+import sys
+
+from conftest import ROOT
+
+FINAL = re.compile(r"^pretrain throughput: (\d+(?:\.\d+)?) images/s \(preset smoke, cpu, \d+ threads, "
+                   r"R18 x0\.0625, batch 128\)$")
+
+
+def test_throughput_script_smoke():
+    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "throughput.py"), "--preset", "smoke", "--steps", "2",
+                           "--warmup", "0", "--repeats", "1", "--device", "cpu", "--threads", "1"],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.strip().splitlines()
+    m = FINAL.match(lines[-1])
+    assert m, f"unexpected final line: {lines[-1]!r}"
+    assert float(m.group(1)) > 0
+    assert any(line.startswith("per-job overhead: ") for line in lines)

@@ -1,0 +1,83 @@
+"""The study grid with the real Snakemake (and DVC for versioning it), on the smoke preset."""
+
+import json
+
+import pandas as pd
+import pytest
+
+from simclr_ablations import studies
+
+from conftest import copy_project, run
+
+pytestmark = pytest.mark.e2e
+
+
+def test_smoke_grid_outputs(smoke_grid):
+    res = smoke_grid / "results/smoke"
+    for study in studies.names():
+        for f in (f"tables/{study}.csv", f"tables/{study}.md", f"tables/{study}_runs.csv", f"figures/{study}.png",
+                  f"figures/{study}.pdf"):
+            assert (res / f).stat().st_size > 0, f
+        runs = pd.read_csv(res / f"tables/{study}_runs.csv")
+        assert len(runs) == len(studies.expand("smoke", study))
+        assert runs["top1"].between(0, 100).all() and runs["params"].map(json.loads).map(dict).all()
+    aug = pd.read_csv(res / "tables/augmentations.csv")
+    assert len(aug) == 28 and aug["n"].eq(1).all()
+    summary = (res / "README.md").read_text()
+    findings = pd.read_csv(res / "findings.csv")
+    assert len(findings) >= 11 and set(findings["verdict"]) == {"inconclusive (1 seed)"}
+    assert "crop + color is the best pair" in summary and "Verdict rule" in summary
+    # shared runs are trained once: fewer run folders than (study, cell, seed) rows
+    total_rows = sum(len(studies.expand("smoke", s)) for s in studies.names())
+    assert len(list((smoke_grid / "runs/grid").iterdir())) < total_rows
+    # every training job left a log and a benchmark
+    for d in (smoke_grid / "runs/grid").iterdir():
+        assert (d / "pretrain.bench.tsv").exists() and (d / "pretrain.log").exists()
+
+
+def test_rerun_does_nothing(smoke_grid):
+    out = run(["snakemake", "-n", "--config", "preset=smoke"], smoke_grid).stdout
+    assert "Nothing to be done" in out, out[-2000:]
+
+
+def test_report(smoke_grid):
+    run(["snakemake", "--report", "report.html", "--config", "preset=smoke"], smoke_grid)
+    assert (smoke_grid / "report.html").stat().st_size > 10_000
+
+
+def test_dvc_roundtrip_of_the_grid(smoke_grid, tmp_path):
+    remote = tmp_path / "remote"
+    run(["dvc", "remote", "modify", "--local", "local", "url", remote], smoke_grid)
+    run(["snakemake", "-c1", "record", "--config", "preset=smoke"], smoke_grid)
+    for f in ("data/grid.dvc", "runs/grid.dvc", "results/smoke.dvc"):
+        assert (smoke_grid / f).exists(), f
+    run(["git", "add", "-A"], smoke_grid)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "grid"], smoke_grid)
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", smoke_grid, clone], tmp_path)
+    run(["dvc", "remote", "modify", "--local", "local", "url", remote], clone)
+    run(["dvc", "pull"], clone)
+    assert (clone / "results/smoke/README.md").read_text() == (smoke_grid / "results/smoke/README.md").read_text()
+    out = run(["snakemake", "-n", "--config", "preset=smoke"], clone).stdout
+    assert "Nothing to be done" in out, out[-3000:]
+
+
+def test_dry_run_of_gpu_preset_lists_every_run_without_data(tmp_path):
+    work = copy_project(tmp_path / "p")
+    out = run(["snakemake", "-n", "--config", "preset=cifar10"], work).stdout
+    n = len(studies.unique(studies.expand("cifar10")))
+    assert f"pretrain       {n}" in out or f"pretrain {n}" in " ".join(out.split())
+    assert not (work / "data").exists() and not (work / "runs").exists()
+
+
+@pytest.mark.parametrize("config, words", [
+    (["preset=nope"], ["invalid configuration", "allowed presets are"]),
+    (["preset=smoke", "dataset=mnist"], ["dataset"]),
+    (["preset=smoke", "seeds=-1"], ["seeds"]),
+])
+def test_bad_config_fails_at_dag_time(tmp_path, config, words):
+    work = copy_project(tmp_path / "p")
+    proc = run(["snakemake", "-n", "--config", *config], work, check=False)
+    assert proc.returncode != 0
+    for w in words:
+        assert w in proc.stdout + proc.stderr
