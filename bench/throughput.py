@@ -20,6 +20,7 @@ import time
 T0 = time.perf_counter()  # the per-job overhead is measured from here, before torch is imported
 
 import argparse  # noqa: E402
+import os  # noqa: E402
 import statistics  # noqa: E402
 import tempfile  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -169,7 +170,8 @@ def main(argv=None) -> int:
           f"first step {t_first - t_built:.2f} s)")
     print(f"augmentation only: {aug_only:.1f} images/s")
     print(f"step only (forward/loss/backward/optimizer): {step_only:.1f} images/s")
-    print(f"median of {args.repeats} x {args.steps} steps after {args.warmup + 1} warm-up steps")
+    print(f"median of {args.repeats} x {args.steps} steps after {args.warmup + 1} warm-up steps; "
+          f"load average (1 min) {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores")
     print(f"pretrain throughput: {end_to_end:.1f} images/s (preset {args.preset}, {dev}, {describe(p)})")
     return 0
 

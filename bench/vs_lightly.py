@@ -3,8 +3,8 @@
     pip install lightly        # benchmark-only dependency, not in pyproject.toml
     python bench/vs_lightly.py [--preset cpu] [--width 1.0] [--steps 20] [--repeats 3] [--device cpu|cuda]
 
-Both implementations train the CIFAR-stem ResNet of this project (`models.ResNet`, depth and width of
-the preset, or `--width`) with the same batch size, image size and augmentation recipe, on the same
+Both implementations train the CIFAR-stem ResNet of this project (`models.ResNet`: depth 18 or `--depth`,
+the preset's width or `--width`) with the same batch size, image size and augmentation recipe, on the same
 synthetic dataset, for `--warmup` untimed then `--steps` timed steps:
 
 * ours: the real pipeline, step for step as `pretrain.train` (see throughput.py): in-memory uint8
@@ -186,6 +186,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="cpu", help=f"one of: {', '.join(params.presets())}")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key (repeatable)")
+    ap.add_argument("--depth", type=int, default=18, help="encoder depth (default: ResNet-18)")
     ap.add_argument("--width", type=float, help="encoder width (default: the preset's)")
     ap.add_argument("--steps", type=int, default=20, help="timed steps per run")
     ap.add_argument("--warmup", type=int, default=3, help="untimed steps after the first one")
@@ -206,7 +207,7 @@ def main(argv=None) -> int:
         print(LIGHTLY_MISSING, file=sys.stderr)
         return 1
 
-    settings = list(args.set)
+    settings = [f"encoder.depth={args.depth}", *args.set]
     settings += [f"encoder.width={args.width}"] if args.width else []
     settings += [f"runtime.device={args.device}"] if args.device else []
     p = params.load(args.preset, settings=settings)
@@ -220,7 +221,7 @@ def main(argv=None) -> int:
     print(f"optimizers differ: ours {t['optimizer']} (params), lightly torch.optim.SGD (its CIFAR-10 benchmark); "
           f"ours also computes the logged contrastive stats; channels_last: ours {p['runtime']['channels_last']}, "
           "lightly false")
-    results = {"ours": [], "lightly": []}
+    results, load0 = {"ours": [], "lightly": []}, os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = data.prepare(p, Path(tmp) / "data")
         params_file = Path(tmp) / "params.yaml"
@@ -233,6 +234,9 @@ def main(argv=None) -> int:
             print(f"repeat {r + 1}: ours {o['images_per_s']:.1f} images/s, lightly {li['images_per_s']:.1f} images/s, "
                   f"ratio {o['images_per_s'] / li['images_per_s']:.2f}", flush=True)
 
+    load1 = os.getloadavg()[0]
+    print(f"load average (1 min) before / after: {load0:.2f} / {load1:.2f} on {os.cpu_count()} cores "
+          "(other work on the machine slows both; alternating keeps the ratio fair)")
     ratios = [o["images_per_s"] / li["images_per_s"] for o, li in zip(results["ours"], results["lightly"])]
     mem = "peak GPU memory allocated" if results["ours"][0]["device"].startswith("cuda") else "peak RSS"
     for impl, rs in results.items():

@@ -56,9 +56,10 @@ rule findings:
 
 rule record:
     """Version what the grid made in DVC and push it to the default remote: one step, after the grid,
-    because DVC takes a repository lock. `snakemake -c1 record --config preset=...`"""
+    because DVC takes a repository lock. `snakemake -c1 record --config preset=...`; on a fresh clone,
+    `dvc pull data/grid.dvc runs/grid.dvc results/<preset>.dvc` then `snakemake --touch` restores it."""
     input:
         ALL_OUTPUTS,
     localrule: True
     shell:
-        "dvc add data/grid runs/grid {RESULTS} && dvc push"
+        "dvc add data/grid runs/grid {RESULTS} && dvc push data/grid.dvc runs/grid.dvc {RESULTS}.dvc"

@@ -1,0 +1,82 @@
+"""Study expansion, aggregation over seeds and the verdict rule, on constructed inputs."""
+
+import math
+
+import pandas as pd
+import pytest
+
+from simclr_ablations import findings, params, studies, tables
+
+
+def test_every_study_exists_in_every_preset():
+    for preset in params.presets():
+        for study in studies.names():
+            assert studies.expand(preset, study, n_seeds=1), (preset, study)
+
+
+def test_augmentation_pairs_and_one_branch_protocol():
+    runs = studies.expand("smoke", "augmentations")
+    assert len(runs) == 28  # 7 ops: 21 pairs + 7 single ops
+    cells = {r.labels()["pair"]: r for r in runs}
+    assert cells["crop+color"].params["augment"]["ops"] == ["crop", "color"]
+    assert cells["rotate"].params["augment"]["ops"] == ["rotate"]
+    assert all(r.params["augment"]["branches"] == "one" for r in runs)
+
+
+def test_shrink_and_seeds():
+    cpu = studies.expand("cpu", "encoder")
+    depths = {r.labels()["depth"] for r in cpu}
+    assert depths == {"R10", "R18"} and {r.seed for r in cpu} == {0, 1, 2}
+    assert {r.seed for r in studies.expand("cpu", "encoder", n_seeds=1)} == {0}
+    assert len(studies.expand("cifar10", "batch_epochs")) == 2 * 4 * 3 * 3
+
+
+def test_shared_runs_are_identified_once():
+    runs = studies.expand("smoke")
+    unique = studies.unique(runs)
+    assert len(unique) < len(runs)
+    none = [r for r in runs if r.study == "projection_head" and r.labels()["head"] == "None"]
+    assert len({r.id for r in none}) == 1  # the head's output dim does not matter without a head
+    seeds = [r for r in studies.expand("cpu", "losses") if r.labels()["setting"] == "NT-Xent t=0.5"]
+    assert len({r.id for r in seeds}) == 3  # but the seed does
+
+
+def test_extra_settings_apply_to_every_run_and_bad_ones_fail_with_the_cell():
+    runs = studies.expand("smoke", "temperature", ("data.dataset=cifar10",))
+    assert all(r.params["data"]["dataset"] == "cifar10" for r in runs)
+    with pytest.raises(params.ParamsError, match="study 'temperature'.*data.dataset"):
+        studies.expand("smoke", "temperature", ("data.dataset=mnist",))
+
+
+def test_aggregate_against_hand_computed_values():
+    df = pd.DataFrame({"cell": ["a", "a", "a", "b"], "seed": [0, 1, 2, 0], "run_id": ["1", "2", "3", "4"],
+                       "settings": ["x seed=0", "x seed=1", "x seed=2", "y seed=0"]})
+    for m in tables.METRICS:
+        df[m] = [60.0, 62.0, 67.0, 50.0]
+    agg = tables.aggregate(df, ["cell"]).set_index("cell")
+    assert agg.loc["a", "top1_mean"] == pytest.approx(63.0)
+    assert agg.loc["a", "top1_std"] == pytest.approx(math.sqrt(((3**2) + 1**2 + 4**2) / 2))  # sample std
+    assert agg.loc["a", "n"] == 3 and agg.loc["b", "n"] == 1 and math.isnan(agg.loc["b", "top1_std"])
+    assert agg.loc["a", "run_ids"] == "1 2 3" and agg.loc["a", "settings"] == "x"
+    assert tables.fmt(63.0, 3.6056, 3) == "63.0 ± 3.6" and tables.fmt(50.0, float("nan"), 1) == "50.0"
+
+
+@pytest.mark.parametrize("a, b, expected", [
+    ([70, 71, 72], [60, 61, 62], "reproduced"),  # clear win
+    ([60, 61, 62], [70, 71, 72], "not reproduced"),  # clear loss
+    ([70, 60, 66], [65, 66, 64], "inconclusive"),  # differences +5, -6, +2: within the spread
+    ([70], [60], "inconclusive (1 seed)"),  # one seed is never "reproduced"
+])
+def test_verdict_rule(a, b, expected):
+    v, mean, se, n = findings.verdict(pd.Series(a, dtype=float), pd.Series(b, dtype=float))
+    assert v == expected and n == len(a)
+    assert mean == pytest.approx(sum(a) / len(a) - sum(b) / len(b))
+
+
+def test_verdict_is_paired_over_seeds():
+    # a 1-point gap that holds at every seed is reproduced, although each side spreads 20 points
+    a = pd.Series([50.0, 70.1, 89.9])
+    b = pd.Series([49.0, 69.0, 89.0])
+    assert a.std() > 15 and findings.verdict(a, b)[0] == "reproduced"
+    # the same values with the seeds shuffled on one side no longer pair up
+    assert findings.verdict(a, pd.Series([89.0, 49.0, 69.0]))[0] == "inconclusive"
