@@ -46,10 +46,13 @@ LIGHTLY_MISSING = ("vs_lightly: lightly is not installed. It is a benchmark-only
                    "run `pip install lightly` in this environment (it is not in pyproject.toml).")
 
 
-def default_workers() -> int:
-    """Loader processes for lightly: lightly's CIFAR-10 benchmark uses 8 on a many-core GPU machine;
-    with few cores the workers share them with the training threads, so at most one per core."""
-    return min(8, os.cpu_count() or 1)
+def default_workers(device: str, threads: int) -> int:
+    """Loader processes for lightly. Its CIFAR-10 benchmark uses 8 on a many-core GPU machine, where the
+    training process needs about one core; here the workers get the cores the training threads leave
+    free: on CUDA min(8, cores - 1), on the CPU min(8, cores - threads), so 0 (load in the training
+    process) on a 2-core CPU, which is also what measured fastest for lightly there (README.md)."""
+    cores = os.cpu_count() or 1
+    return max(0, min(8, cores - (1 if device == "cuda" else threads)))
 
 
 def check_recipe(p: dict) -> None:
@@ -123,12 +126,14 @@ def run_lightly(p: dict, data_dir: Path, args) -> dict:
     encoder = models.ResNet(e["depth"], e["width"], models.stem_for(e["stem"], p["data"]["image_size"]))
     head = SimCLRProjectionHead(encoder.dim, h["hidden_dim"] or encoder.dim, h["out_dim"])
     model = torch.nn.Sequential(encoder, head).to(device).train()
+    layout = torch.channels_last if args.lightly_channels_last else torch.contiguous_format
+    model = model.to(memory_format=layout)
     criterion = NTXentLoss(temperature=t["temperature"])
     opt = torch.optim.SGD(model.parameters(), lr=0.06 * bs / 128, momentum=0.9, weight_decay=5e-4)
 
     def step(batch):
         (x0, x1), _ = batch
-        x = torch.cat([x0, x1]).to(device, non_blocking=True)
+        x = torch.cat([x0, x1]).to(device, non_blocking=True).contiguous(memory_format=layout)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda and p["runtime"]["amp"]):
             z0, z1 = model(x).float().chunk(2)
             loss = criterion(z0, z1)
@@ -174,7 +179,7 @@ def child(args) -> None:
 def spawn(impl: str, args, params_file: Path, data_dir: Path) -> dict:
     cmd = [sys.executable, __file__, "--child", impl, "--params", str(params_file), "--data", str(data_dir),
            "--steps", str(args.steps), "--warmup", str(args.warmup), "--threads", str(args.threads),
-           "--workers", str(args.workers)]
+           "--workers", str(args.workers)] + (["--lightly-channels-last"] if args.lightly_channels_last else [])
     proc = subprocess.run(cmd, capture_output=True, text=True)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
     if proc.returncode != 0 or not lines:
@@ -193,7 +198,9 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=3, help="runs of each implementation, alternating")
     ap.add_argument("--device", choices=["cpu", "cuda"], help="default: runtime.device of the params")
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads, both (default: all cores)")
-    ap.add_argument("--workers", type=int, default=default_workers(), help="lightly's DataLoader workers")
+    ap.add_argument("--workers", type=int, help="lightly's DataLoader workers (default: the cores training leaves)")
+    ap.add_argument("--lightly-channels-last", action="store_true",
+                    help="give lightly's model and batches the channels-last layout too (not what its benchmark does)")
     ap.add_argument("--child", choices=["ours", "lightly"], help=argparse.SUPPRESS)
     ap.add_argument("--params", help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
@@ -212,6 +219,9 @@ def main(argv=None) -> int:
     settings += [f"runtime.device={args.device}"] if args.device else []
     p = params.load(args.preset, settings=settings)
     check_recipe(p)
+    if args.workers is None:
+        cuda = p["runtime"]["device"] != "cpu" and torch.cuda.is_available()
+        args.workers = default_workers("cuda" if cuda else "cpu", args.threads)
     t, e = p["pretrain"], p["encoder"]
     aug = p["augment"]
     print(f"SimCLR, R{e['depth']} x{e['width']:g} (CIFAR stem), batch {t['batch_size']}, "
@@ -220,7 +230,7 @@ def main(argv=None) -> int:
           f"lightly with {args.workers} loader workers")
     print(f"optimizers differ: ours {t['optimizer']} (params), lightly torch.optim.SGD (its CIFAR-10 benchmark); "
           f"ours also computes the logged contrastive stats; channels_last: ours {p['runtime']['channels_last']}, "
-          "lightly false")
+          f"lightly {args.lightly_channels_last}")
     results, load0 = {"ours": [], "lightly": []}, os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = data.prepare(p, Path(tmp) / "data")
