@@ -1,5 +1,5 @@
 """`snakemake --profile slurm` on a real one-node Slurm cluster with fake GPUs (tests/slurm_cluster.py):
-the whole smoke grid, then preemption and failures on small targets.
+preemption and failures on small targets, then the whole smoke grid.
 
 The GPU stages ask for `--gpus=1` (slurm/config.yaml); the node schedules them on its fake GPUs and
 the training code, which finds no CUDA driver, runs on the CPU with the preset's thread count, as
@@ -121,6 +121,134 @@ def smoke_ids(study: str) -> list[str]:
     return list(studies.unique(studies.expand("smoke", study)))
 
 
+# ---- preemption and failures ------------------------------------------------------------------
+
+
+def test_requeued_pretraining_resumes_from_its_checkpoint(slurm_cluster, tmp_path):  # noqa: F811
+    preset, size = LONG
+    run_id = studies.expand(preset, "temperature", (f"data.image_size={size}",))[0].id
+    target = f"runs/grid/{run_id}/metrics.json"
+    config = ["--config", f"preset={preset}", f"image_size={size}"]
+    work = copy_project(tmp_path / "slurm")
+    ref = copy_project(tmp_path / "local")
+    log, ref_log = tmp_path / "slurm.log", tmp_path / "local.log"
+    # the uninterrupted reference runs locally, on the other core, meanwhile
+    reference = start_snakemake(ref, target, "-c1", *config, timeout=900, log=ref_log)
+    proc = start_snakemake(work, target, "--profile", "slurm", *config, timeout=900, log=log)
+    try:
+        ckpt = work / f"runs/grid/{run_id}/checkpoint.pt"
+        job = wait_for(lambda: ckpt.exists() and job_of(slurm_cluster, work, "pretrain", run_id, "RUNNING"), 300,
+                       "the first checkpoint of the running pretraining job", proc, log, every=0.1)
+        run(["scontrol", "requeue", job["JobId"]], work)
+        # Slurm holds a requeued job for ~2 minutes (BeginTime); release it now, as an admin could
+        wait_for(lambda: job_of(slurm_cluster, work, "pretrain", run_id, "PENDING"), 60, "the requeued job", proc, log)
+        run(["scontrol", "update", f"JobId={job['JobId']}", "StartTime=now"], work)
+        finish(proc, log, 900)
+        finish(reference, ref_log, 900)
+    finally:
+        for p in (proc, reference):
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+    pretrain_log = (work / f"runs/grid/{run_id}/pretrain.log").read_text()
+    resumed = re.search(rf"resuming from checkpoint runs/grid/{run_id}/checkpoint.pt at epoch (\d+) \(of (\d+)\)",
+                        pretrain_log)
+    assert resumed and 1 <= int(resumed[1]) < int(resumed[2]), pretrain_log[-3000:]
+    pretrain_jobs = [j for j in jobs_of(slurm_cluster, work) if j["Comment"] == f"rule_pretrain_wildcards_{run_id}"]
+    assert len(pretrain_jobs) == 1 and pretrain_jobs[0]["Restarts"] == "1", pretrain_jobs  # the same job, requeued
+    assert pretrain_jobs[0]["JobState"] == "COMPLETED" and "gpu" in pretrain_jobs[0]["TresPerJob"], pretrain_jobs
+    assert metrics(work, run_id) == metrics(ref, run_id)
+    hist = [pd.read_csv(w / f"runs/grid/{run_id}/history.csv").drop(columns=["seconds", "images_per_s"])
+            for w in (work, ref)]
+    pd.testing.assert_frame_equal(*hist)
+
+
+def test_job_larger_than_the_node_fails_fast(slurm_cluster, tmp_path):  # noqa: F811
+    work = copy_project(tmp_path / "p")
+    run_id = smoke_ids("temperature")[0]
+    too_big = tmp_path / "too_big.yaml"  # a preset whose jobs ask for more memory than the node has
+    mem = slurm_cluster.mem_mb * 4
+    too_big.write_text(f"resources:\n  smoke: {{threads: 1, gpu: 0, mem_mb: {mem}, runtime: 15}}\n")
+    t0 = time.monotonic()
+    proc = snakemake(work, f"runs/grid/{run_id}/metrics.json", "--profile", "slurm", "--configfile", too_big,
+                     "--config", "preset=smoke", timeout=300, check=False)
+    elapsed = time.monotonic() - t0
+    text = proc.stdout + proc.stderr
+    assert proc.returncode != 0, text[-4000:]
+    assert "SLURM sbatch failed" in text and "Requested node configuration is not available" in text, text[-4000:]
+    assert elapsed < 120, f"took {elapsed:.0f} s"
+    # Slurm keeps a record of each rejected submission (the first and the retries); none ran
+    rejected = jobs_of(slurm_cluster, work)
+    attempts = 1 + yaml.safe_load((ROOT / "slurm/config.yaml").read_text())["retries"]
+    assert len(rejected) == attempts and all(j["JobState"] == "FAILED" and j["Reason"] == "BadConstraints"
+                                      and j["RunTime"] == "00:00:00" for j in rejected), rejected
+
+
+def test_cancelled_job_is_retried(slurm_cluster, smoke_grid, tmp_path):  # noqa: F811
+    run_id = smoke_ids("temperature")[0]
+    work = copy_project(tmp_path / "p")
+    log = tmp_path / "snakemake.log"
+    proc = start_snakemake(work, f"runs/grid/{run_id}/metrics.json", "--profile", "slurm", "--config",
+                           "preset=smoke", timeout=600, log=log)
+    try:
+        job = wait_for(lambda: job_of(slurm_cluster, work, "pretrain", run_id, "RUNNING"), 300,
+                       "the pretraining job to run", proc, log)
+        run(["scancel", job["JobId"]], work)
+        text = finish(proc, log, 600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert f"SLURM-job '{job['JobId']}' failed, SLURM status is: 'CANCELLED'" in text, text[-4000:]
+    pretrain_jobs = [j for j in jobs_of(slurm_cluster, work) if j["Comment"] == f"rule_pretrain_wildcards_{run_id}"]
+    assert [j["JobState"] for j in pretrain_jobs] == ["CANCELLED", "COMPLETED"], pretrain_jobs
+    assert metrics(work, run_id) == metrics(smoke_grid, run_id)
+
+
+def test_killed_snakemake_continues_where_it_stopped(slurm_cluster, smoke_grid, tmp_path):  # noqa: F811
+    study = "temperature"
+    ids = smoke_ids(study)
+    work = copy_project(tmp_path / "p")
+    log = tmp_path / "first.log"
+    target = f"results/smoke/tables/{study}.csv"
+    proc = start_snakemake(work, target, "--profile", "slurm", "--config", "preset=smoke", timeout=900, log=log)
+    try:
+        def finished():
+            return {r for r in ids if (work / f"runs/grid/{r}/metrics.json").exists()}
+
+        # kill Snakemake (SIGKILL: no clean-up) once a run is finished and another job runs
+        wait_for(lambda: finished() and any(j["JobState"] == "RUNNING" for j in jobs_of(slurm_cluster, work)), 600,
+                 "a finished run and a running job", proc, log)
+        done = finished()
+        stamps = {r: [(work / f"runs/grid/{r}/{f}").stat().st_mtime_ns for f in ("model.pt", "metrics.json")]
+                  for r in done}
+        in_flight = {(j["Comment"].split("_")[1], j["Comment"].rsplit("_", 1)[1])
+                     for j in jobs_of(slurm_cluster, work) if j["JobState"] in ("RUNNING", "PENDING")}
+        os.kill(child_of(proc.pid), signal.SIGKILL)
+        proc.wait(60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert in_flight and not (work / f"results/smoke/tables/{study}.csv").exists()
+    # its jobs outlive it; cancel them (they may have written outputs Snakemake never saw complete)
+    for j in jobs_of(slurm_cluster, work):
+        if j["JobState"] in ("RUNNING", "PENDING"):
+            run(["scancel", j["JobId"]], work, check=False)
+    slurm_cluster.wait_drained()
+    snakemake(work, "--unlock", "--config", "preset=smoke", timeout=120)
+    again = snakemake(work, target, "--profile", "slurm", "--config", "preset=smoke", timeout=900)
+    text = again.stdout + again.stderr
+    pretrained, evaluated = executed(text, "pretrain"), executed(text, "evaluate")
+    assert not (pretrained | evaluated) & done, f"finished runs were run again: {(pretrained | evaluated) & done}"
+    for r in done:  # untouched
+        assert [(work / f"runs/grid/{r}/{f}").stat().st_mtime_ns for f in ("model.pt", "metrics.json")] == stamps[r]
+    for rule, r in in_flight:  # whatever was running when Snakemake died is redone, not taken as complete
+        assert r in (pretrained if rule == "pretrain" else evaluated), (rule, r, text[-4000:])
+    assert evaluated == set(ids) - done
+    for r in ids:
+        assert metrics(work, r) == metrics(smoke_grid, r), r
+    assert (work / f"results/smoke/tables/{study}.csv").exists()
+
+
 # ---- the whole smoke grid ---------------------------------------------------------------------
 
 
@@ -169,131 +297,3 @@ def test_smoke_grid_through_slurm_equals_local(slurm_grid, slurm_cluster, smoke_
                  for r in run_ids for stage in ("pretrain", "evaluate"))
     print(f"\nslurm smoke grid: wall {wall:.0f} s, {len(jobs)} Slurm jobs on {slurm_cluster.cpus} CPUs; time in "
           f"jobs {job_s} s, of which rules {rule_s:.0f} s: {(job_s - rule_s) / len(jobs):.1f} s overhead per job")
-
-
-# ---- preemption and failures ------------------------------------------------------------------
-
-
-def test_requeued_pretraining_resumes_from_its_checkpoint(slurm_cluster, tmp_path):  # noqa: F811
-    preset, size = LONG
-    run_id = studies.expand(preset, "temperature", (f"data.image_size={size}",))[0].id
-    target = f"runs/grid/{run_id}/metrics.json"
-    config = ["--config", f"preset={preset}", f"image_size={size}"]
-    work = copy_project(tmp_path / "slurm")
-    ref = copy_project(tmp_path / "local")
-    log, ref_log = tmp_path / "slurm.log", tmp_path / "local.log"
-    # the uninterrupted reference runs locally, on the other core, meanwhile
-    reference = start_snakemake(ref, target, "-c1", *config, timeout=900, log=ref_log)
-    proc = start_snakemake(work, target, "--profile", "slurm", *config, timeout=900, log=log)
-    try:
-        ckpt = work / f"runs/grid/{run_id}/checkpoint.pt"
-        job = wait_for(lambda: ckpt.exists() and job_of(slurm_cluster, work, "pretrain", run_id, "RUNNING"), 300,
-                       "the first checkpoint of the running pretraining job", proc, log, every=0.1)
-        run(["scontrol", "requeue", job["JobId"]], work)
-        # Slurm holds a requeued job for ~2 minutes (BeginTime); release it now, as an admin could
-        wait_for(lambda: job_of(slurm_cluster, work, "pretrain", run_id, "PENDING"), 60, "the requeued job", proc, log)
-        run(["scontrol", "update", f"JobId={job['JobId']}", "StartTime=now"], work)
-        finish(proc, log, 900)
-        finish(reference, ref_log, 900)
-    finally:
-        for p in (proc, reference):
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
-    pretrain_log = (work / f"runs/grid/{run_id}/pretrain.log").read_text()
-    resumed = re.search(rf"resuming from checkpoint runs/grid/{run_id}/checkpoint.pt at epoch (\d+) \(of (\d+)\)",
-                        pretrain_log)
-    assert resumed and 1 <= int(resumed[1]) < int(resumed[2]), pretrain_log[-3000:]
-    pretrain_jobs = [j for j in jobs_of(slurm_cluster, work) if j["Comment"] == f"rule_pretrain_wildcards_{run_id}"]
-    assert len(pretrain_jobs) == 1 and pretrain_jobs[0]["Restarts"] == "1", pretrain_jobs  # the same job, requeued
-    assert pretrain_jobs[0]["JobState"] == "COMPLETED" and "gpu" in pretrain_jobs[0]["TresPerJob"], pretrain_jobs
-    assert metrics(work, run_id) == metrics(ref, run_id)
-    hist = [pd.read_csv(w / f"runs/grid/{run_id}/history.csv").drop(columns=["seconds", "images_per_s"])
-            for w in (work, ref)]
-    pd.testing.assert_frame_equal(*hist)
-
-
-def test_cancelled_job_is_retried(slurm_cluster, smoke_grid, tmp_path):  # noqa: F811
-    run_id = smoke_ids("temperature")[0]
-    work = copy_project(tmp_path / "p")
-    log = tmp_path / "snakemake.log"
-    proc = start_snakemake(work, f"runs/grid/{run_id}/metrics.json", "--profile", "slurm", "--config",
-                           "preset=smoke", timeout=600, log=log)
-    try:
-        job = wait_for(lambda: job_of(slurm_cluster, work, "pretrain", run_id, "RUNNING"), 300,
-                       "the pretraining job to run", proc, log)
-        run(["scancel", job["JobId"]], work)
-        text = finish(proc, log, 600)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert f"SLURM-job '{job['JobId']}' failed, SLURM status is: 'CANCELLED'" in text, text[-4000:]
-    pretrain_jobs = [j for j in jobs_of(slurm_cluster, work) if j["Comment"] == f"rule_pretrain_wildcards_{run_id}"]
-    assert [j["JobState"] for j in pretrain_jobs] == ["CANCELLED", "COMPLETED"], pretrain_jobs
-    assert metrics(work, run_id) == metrics(smoke_grid, run_id)
-
-
-def test_job_larger_than_the_node_fails_fast(slurm_cluster, tmp_path):  # noqa: F811
-    work = copy_project(tmp_path / "p")
-    run_id = smoke_ids("temperature")[0]
-    too_big = tmp_path / "too_big.yaml"  # a preset whose jobs ask for more memory than the node has
-    mem = slurm_cluster.mem_mb * 4
-    too_big.write_text(f"resources:\n  smoke: {{threads: 1, gpu: 0, mem_mb: {mem}, runtime: 15}}\n")
-    t0 = time.monotonic()
-    proc = snakemake(work, f"runs/grid/{run_id}/metrics.json", "--profile", "slurm", "--configfile", too_big,
-                     "--config", "preset=smoke", timeout=300, check=False)
-    elapsed = time.monotonic() - t0
-    text = proc.stdout + proc.stderr
-    assert proc.returncode != 0, text[-4000:]
-    assert "SLURM sbatch failed" in text and "Requested node configuration is not available" in text, text[-4000:]
-    assert elapsed < 120, f"took {elapsed:.0f} s"
-    # Slurm keeps a record of each rejected submission (the first and the retries); none ran
-    rejected = jobs_of(slurm_cluster, work)
-    attempts = 1 + yaml.safe_load((ROOT / "slurm/config.yaml").read_text())["retries"]
-    assert len(rejected) == attempts and all(j["JobState"] == "FAILED" and j["Reason"] == "BadConstraints"
-                                      and j["RunTime"] == "00:00:00" for j in rejected), rejected
-
-
-def test_killed_snakemake_continues_where_it_stopped(slurm_cluster, smoke_grid, tmp_path):  # noqa: F811
-    study = "temperature"
-    ids = smoke_ids(study)
-    work = copy_project(tmp_path / "p")
-    log = tmp_path / "first.log"
-    target = f"results/smoke/tables/{study}.csv"
-    proc = start_snakemake(work, target, "--profile", "slurm", "--config", "preset=smoke", timeout=900, log=log)
-    try:
-        def finished():
-            return {r for r in ids if (work / f"runs/grid/{r}/metrics.json").exists()}
-
-        # kill Snakemake (SIGKILL: no clean-up) once a run is finished and another job runs
-        wait_for(lambda: finished() and any(j["JobState"] == "RUNNING" for j in jobs_of(slurm_cluster, work)), 600,
-                 "a finished run and a running job", proc, log)
-        done = finished()
-        stamps = {r: [(work / f"runs/grid/{r}/{f}").stat().st_mtime_ns for f in ("model.pt", "metrics.json")]
-                  for r in done}
-        in_flight = {(j["Comment"].split("_")[1], j["Comment"].rsplit("_", 1)[1])
-                     for j in jobs_of(slurm_cluster, work) if j["JobState"] in ("RUNNING", "PENDING")}
-        os.kill(child_of(proc.pid), signal.SIGKILL)
-        proc.wait(60)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert in_flight and not (work / f"results/smoke/tables/{study}.csv").exists()
-    # its jobs outlive it; cancel them (they may have written outputs Snakemake never saw complete)
-    for j in jobs_of(slurm_cluster, work):
-        if j["JobState"] in ("RUNNING", "PENDING"):
-            run(["scancel", j["JobId"]], work, check=False)
-    slurm_cluster.wait_drained()
-    snakemake(work, "--unlock", "--config", "preset=smoke", timeout=120)
-    again = snakemake(work, target, "--profile", "slurm", "--config", "preset=smoke", timeout=900)
-    text = again.stdout + again.stderr
-    pretrained, evaluated = executed(text, "pretrain"), executed(text, "evaluate")
-    assert not (pretrained | evaluated) & done, f"finished runs were run again: {(pretrained | evaluated) & done}"
-    for r in done:  # untouched
-        assert [(work / f"runs/grid/{r}/{f}").stat().st_mtime_ns for f in ("model.pt", "metrics.json")] == stamps[r]
-    for rule, r in in_flight:  # whatever was running when Snakemake died is redone, not taken as complete
-        assert r in (pretrained if rule == "pretrain" else evaluated), (rule, r, text[-4000:])
-    assert evaluated == set(ids) - done
-    for r in ids:
-        assert metrics(work, r) == metrics(smoke_grid, r), r
-    assert (work / f"results/smoke/tables/{study}.csv").exists()
