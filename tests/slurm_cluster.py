@@ -5,7 +5,8 @@ with all their state under one temporary folder; the node has fake GPUs (gres.co
 are character devices with the numbers of /dev/null), so that `--gpus` requests are scheduled as on
 a GPU cluster while the training code, which finds no CUDA driver, runs on the CPU. The packages
 are installed with apt-get when missing (CI starts from a fresh machine). Whatever happens, every
-job is cancelled and every daemon started here is stopped by its PID.
+job is cancelled and every daemon started here is stopped by its PID. One test session at a time
+runs the cluster (a lock file): the ports and /etc/slurm are the machine's.
 
 Pitfalls this handles (found on Debian 12, Slurm 22.05, snakemake-executor-plugin-slurm 2.x):
 - slurm.conf must be at the default path /etc/slurm/slurm.conf: the job step strips SLURM_CONF
@@ -18,6 +19,7 @@ Pitfalls this handles (found on Debian 12, Slurm 22.05, snakemake-executor-plugi
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import shutil
 import signal
@@ -35,6 +37,7 @@ CLIENTS = ("sbatch", "squeue", "scontrol", "scancel", "sinfo", "srun")
 ETC = Path("/etc/slurm")
 MUNGE_SOCKET = Path("/run/munge/munge.socket.2")
 PIDS = Path("/run/simclr-ablations-test-slurm")  # PIDs of the daemons of the running test cluster
+LOCK = Path("/run/simclr-ablations-test-slurm.lock")  # held by the session that runs the test cluster
 FAKE_GPUS = 4
 
 
@@ -186,7 +189,8 @@ PartitionName=main Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
     @staticmethod
     def reap_stale() -> None:
         """Stop the daemons of an earlier test cluster whose session was killed before its teardown
-        (by the PIDs it recorded, and only if they still run the recorded program)."""
+        (by the PIDs it recorded, and only if they still run the recorded program). Called with the
+        machine lock held, so no other session is using them."""
         for f in sorted(PIDS.glob("*.pid")) if PIDS.exists() else []:
             pid, exe = f.read_text().split()
             try:
@@ -250,14 +254,40 @@ PartitionName=main Nodes={self.node} Default=YES MaxTime=INFINITE State=UP
 
 
 @contextlib.contextmanager
+def machine_lock(timeout: float = 3600) -> Iterator[None]:
+    """One test cluster per machine (its ports and /etc/slurm are shared): a second test session
+    waits here until the first has torn its cluster down. The lock goes with its holder's process,
+    so daemons left by a session that was killed are safe to stop (Cluster.reap_stale)."""
+    fd = os.open(LOCK, os.O_CREAT | os.O_RDWR, 0o644)
+    try:
+        end = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > end:
+                    holder = os.pread(fd, 100, 0).decode(errors="replace").strip()
+                    pytest.fail(f"another test session ({holder}) has run the Slurm test cluster for more than "
+                                f"{timeout:.0f} s ({LOCK})")
+                time.sleep(2)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+@contextlib.contextmanager
 def one_node_cluster(base: Path) -> Iterator[Cluster]:
     ensure_installed()
-    cluster = Cluster(base)
-    try:
-        cluster.start()
-        yield cluster
-    finally:
-        cluster.stop()
+    with machine_lock():
+        cluster = Cluster(base)
+        try:
+            cluster.start()
+            yield cluster
+        finally:
+            cluster.stop()
 
 
 def _interrupt(signum, frame):

@@ -112,9 +112,16 @@ def metrics(work: Path, run_id: str) -> tuple[float, float]:
     return m["linear_top1"], m["knn_top1"]
 
 
-def executed(log_text: str, rule: str) -> set[str]:
-    """Run ids of the `rule` jobs a Snakemake log shows it started."""
-    return set(re.findall(rf"\nrule {rule}:\n(?:    .*\n)*?    wildcards: run=([0-9a-f]{{12}})", log_text))
+def started(log_text: str, rule: str) -> dict[str, str]:
+    """{Snakemake job id: run id} of the `rule` jobs a Snakemake log shows it started."""
+    return dict(re.findall(rf"\nrule {rule}:\n(?:    .*\n)*?    jobid: (\d+)\n(?:    .*\n)*?    wildcards: "
+                           rf"run=([0-9a-f]{{12}})", log_text))
+
+
+def finished(log_text: str, rule: str) -> set[str]:
+    """Run ids of the `rule` jobs a Snakemake log shows it saw complete."""
+    ids = started(log_text, rule)
+    return {ids[j] for j in re.findall(rf"Finished jobid: (\d+) \(Rule: {rule}\)", log_text) if j in ids}
 
 
 def smoke_ids(study: str) -> list[str]:
@@ -205,21 +212,16 @@ def test_cancelled_job_is_retried(slurm_cluster, smoke_grid, tmp_path):  # noqa:
 
 def test_killed_snakemake_continues_where_it_stopped(slurm_cluster, smoke_grid, tmp_path):  # noqa: F811
     study = "temperature"
-    ids = smoke_ids(study)
+    ids = set(smoke_ids(study))
     work = copy_project(tmp_path / "p")
     log = tmp_path / "first.log"
     target = f"results/smoke/tables/{study}.csv"
     proc = start_snakemake(work, target, "--profile", "slurm", "--config", "preset=smoke", timeout=900, log=log)
     try:
-        def finished():
-            return {r for r in ids if (work / f"runs/grid/{r}/metrics.json").exists()}
-
-        # kill Snakemake (SIGKILL: no clean-up) once a run is finished and another job runs
-        wait_for(lambda: finished() and any(j["JobState"] == "RUNNING" for j in jobs_of(slurm_cluster, work)), 600,
+        # kill Snakemake (SIGKILL: no clean-up) once it has seen a run finish and another job runs
+        wait_for(lambda: finished(log.read_text(), "evaluate")
+                 and any(j["JobState"] == "RUNNING" for j in jobs_of(slurm_cluster, work)), 600,
                  "a finished run and a running job", proc, log)
-        done = finished()
-        stamps = {r: [(work / f"runs/grid/{r}/{f}").stat().st_mtime_ns for f in ("model.pt", "metrics.json")]
-                  for r in done}
         in_flight = {(j["Comment"].split("_")[1], j["Comment"].rsplit("_", 1)[1])
                      for j in jobs_of(slurm_cluster, work) if j["JobState"] in ("RUNNING", "PENDING")}
         os.kill(child_of(proc.pid), signal.SIGKILL)
@@ -228,25 +230,36 @@ def test_killed_snakemake_continues_where_it_stopped(slurm_cluster, smoke_grid, 
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    assert in_flight and not (work / f"results/smoke/tables/{study}.csv").exists()
+    first = log.read_text()  # what Snakemake saw complete before it died
+    done = {rule: finished(first, rule) for rule in ("pretrain", "evaluate")}
+    in_flight = {(rule, r) for rule, r in in_flight if r not in done[rule]}
+    assert done["evaluate"] and in_flight and not (work / target).exists()
+    stamps = {r: [(work / f"runs/grid/{r}/{f}").stat().st_mtime_ns for f in ("model.pt", "metrics.json")]
+              for r in done["evaluate"]}
     # its jobs outlive it; cancel them (they may have written outputs Snakemake never saw complete)
     for j in jobs_of(slurm_cluster, work):
         if j["JobState"] in ("RUNNING", "PENDING"):
             run(["scancel", j["JobId"]], work, check=False)
     slurm_cluster.wait_drained()
+    partial = {(rule, r) for r in ids for rule, f in (("pretrain", "model.pt"), ("evaluate", "metrics.json"))
+               if (work / f"runs/grid/{r}/{f}").exists() and r not in done[rule]}
     snakemake(work, "--unlock", "--config", "preset=smoke", timeout=120)
     again = snakemake(work, target, "--profile", "slurm", "--config", "preset=smoke", timeout=900)
     text = again.stdout + again.stderr
-    pretrained, evaluated = executed(text, "pretrain"), executed(text, "evaluate")
-    assert not (pretrained | evaluated) & done, f"finished runs were run again: {(pretrained | evaluated) & done}"
-    for r in done:  # untouched
+    redone = {rule: set(started(text, rule).values()) for rule in ("pretrain", "evaluate")}
+    # no finished run is run again, and its files are untouched
+    assert not redone["pretrain"] & done["pretrain"] and not redone["evaluate"] & done["evaluate"], redone
+    for r in done["evaluate"]:
         assert [(work / f"runs/grid/{r}/{f}").stat().st_mtime_ns for f in ("model.pt", "metrics.json")] == stamps[r]
-    for rule, r in in_flight:  # whatever was running when Snakemake died is redone, not taken as complete
-        assert r in (pretrained if rule == "pretrain" else evaluated), (rule, r, text[-4000:])
-    assert evaluated == set(ids) - done
+    # what was running, or was written but not seen complete, is redone: no partial output is taken as done
+    for rule, r in in_flight | partial:
+        assert r in redone[rule], (rule, r, text[-4000:])
+    assert redone["evaluate"] == ids - done["evaluate"] and redone["pretrain"] == ids - done["pretrain"]
     for r in ids:
         assert metrics(work, r) == metrics(smoke_grid, r), r
-    assert (work / f"results/smoke/tables/{study}.csv").exists()
+    assert (work / target).exists()
+    print(f"\nkilled Snakemake: {len(done['evaluate'])} runs finished before, in flight {sorted(in_flight)}, "
+          f"outputs written but not seen complete {sorted(partial)}")
 
 
 # ---- the whole smoke grid ---------------------------------------------------------------------
