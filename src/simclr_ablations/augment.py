@@ -29,14 +29,14 @@ def _gray(x: torch.Tensor) -> torch.Tensor:
 
 
 def crop_boxes(n: int, height: int, width: int, scale_min: float, ratio_min: float, ratio_max: float,
-               g: torch.Generator, trials: int = 10) -> torch.Tensor:
+               g: torch.Generator, trials: int = 10, scale_max: float = 1.0) -> torch.Tensor:
     """Random-resized-crop boxes (x0, y0, w, h) in pixels, torchvision's sampling, vectorised.
 
     Each sample tries `trials` (area, aspect) draws and keeps the first that fits; if none fits
     it falls back to the whole image.
     """
     area = height * width
-    target = area * _u(n * trials, scale_min, 1.0, g).view(n, trials)
+    target = area * _u(n * trials, scale_min, scale_max, g).view(n, trials)
     log_r = _u(n * trials, math.log(ratio_min), math.log(ratio_max), g).view(n, trials)
     aspect = torch.exp(log_r)
     w = torch.sqrt(target * aspect)
@@ -67,7 +67,8 @@ def resize_boxes(x: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor) -> to
 def crop(x, cfg, g):
     """Random resized crop + horizontal flip (the paper's 'crop')."""
     b, _, height, width = x.shape
-    boxes = crop_boxes(b, height, width, cfg["scale_min"], cfg["ratio_min"], cfg["ratio_max"], g)
+    boxes = crop_boxes(b, height, width, cfg["scale_min"], cfg["ratio_min"], cfg["ratio_max"], g,
+                       scale_max=cfg.get("scale_max", 1.0))
     return resize_boxes(x, boxes, _coin(b, cfg["flip"], g))
 
 
@@ -224,6 +225,16 @@ def two_views(x: torch.Tensor, aug: dict, g: torch.Generator) -> tuple[torch.Ten
     base = dict(aug["crop"], scale_min=aug["base_crop_scale"])
     v1, v2 = crop(x, base, g), crop(x, base, g)
     return apply_ops(v1, aug["ops"], aug, g), v2
+
+
+def small_views(x: torch.Tensor, aug: dict, g: torch.Generator, size: int, scale_min: float,
+                scale_max: float) -> torch.Tensor:
+    """Multi-crop's small views (SwAV, WCL): a crop of area in [scale_min, scale_max] resized to
+    size x size, then the view's other ops. Un-normalised float in [0, 1]."""
+    x = to_float(x)
+    v = crop(x, dict(aug["crop"], scale_min=scale_min, scale_max=scale_max), g)
+    v = F.interpolate(v, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+    return apply_ops(v, [op for op in aug["ops"] if op != "crop"], aug, g)
 
 
 class Normalize(torch.nn.Module):

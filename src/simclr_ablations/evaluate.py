@@ -7,6 +7,11 @@ train and test images are extracted once. A linear classifier is trained on the 
 accuracy. kNN uses cosine similarity and the InstDisc weighted vote. Features are taken at every
 layer of the head (0 = h, the encoder output; the last = g(h)), so one run answers "h vs g(h)".
 This is never an online probe: nothing here feeds back into pretraining.
+
+Semi-supervised evaluation (paper sec. 6, SimCLRv2), only when `eval.semi.fractions` asks for it:
+the whole pretrained network (encoder, plus the head up to `from_layer`) and a new linear layer
+are fine-tuned on a class-balanced subset holding that fraction of the training labels (drawn with
+the run's seed), with crop + flip augmentation, and the fine-tuned network's test top-1 reported.
 """
 
 from __future__ import annotations
@@ -79,6 +84,70 @@ def knn(ftr, ytr, fte, yte, classes: int, k: int, temperature: float) -> float:
     return correct / fte.shape[0] * 100
 
 
+def balanced_subset(labels: torch.Tensor, fraction: float, seed: int) -> torch.Tensor:
+    """Indices of `fraction` of each class's images (at least one per class), chosen with `seed`."""
+    g = torch.Generator().manual_seed(seed)
+    picked = []
+    for c in labels.unique(sorted=True):
+        idx = (labels == c).nonzero()[:, 0]
+        n = max(1, round(fraction * idx.numel()))
+        picked.append(idx[torch.randperm(idx.numel(), generator=g)[:n]])
+    return torch.cat(picked).sort().values
+
+
+class FineTuneNet(torch.nn.Module):
+    """Encoder + the first `from_layer` head layers + a new linear classifier."""
+
+    def __init__(self, model, from_layer: int, classes: int):
+        super().__init__()
+        self.encoder = model.encoder
+        blocks = list(model.head.blocks[:from_layer]) if hasattr(model, "head") else []
+        self.blocks = torch.nn.Sequential(*blocks)
+        dim = model.encoder.dim if not blocks else model.head.layers_out(
+            torch.zeros(2, model.encoder.dim, device=next(model.parameters()).device))[from_layer].shape[1]
+        self.classifier = torch.nn.Linear(dim, classes)
+
+    def forward(self, x):
+        return self.classifier(self.blocks(self.encoder(x)))
+
+
+def fine_tune(run_dir: Path, p: dict, xtr, ytr, xte, yte, norm, device, fraction: float) -> float:
+    """Test top-1 (%) after fine-tuning the whole network on `fraction` of the labels."""
+    cfg = p["eval"]["semi"]
+    model, _ = pretrain.load_model(run_dir, device)
+    classes = int(ytr.max()) + 1
+    torch.manual_seed(p["seed"])
+    net = FineTuneNet(model, cfg["from_layer"] if p["method"] != "supervised" else 0, classes).to(device)
+    idx = balanced_subset(ytr, fraction, p["seed"])
+    x, y = xtr[idx], ytr[idx]
+    bs = min(cfg["batch_size"], x.shape[0])
+    per_epoch = math.ceil(x.shape[0] / bs)
+    steps = max(cfg["epochs"] * per_epoch, cfg["min_steps"])
+    peak = cfg["lr"] * bs / 256
+    opt = torch.optim.SGD(net.parameters(), lr=peak, momentum=0.9, nesterov=True)
+    g = torch.Generator().manual_seed(p["seed"])
+    g_aug = torch.Generator(device=device).manual_seed(p["seed"] + 1)
+    aug = dict(p["augment"])
+    net.train()
+    for s in range(steps):
+        if s % per_epoch == 0:
+            perm = torch.randperm(x.shape[0], generator=g)
+        b = perm[(s % per_epoch) * bs:(s % per_epoch + 1) * bs]
+        for group in opt.param_groups:
+            group["lr"] = optim.lr_at(s, steps, 0, peak, "cosine")
+        v = norm(augment.apply_ops(augment.to_float(x[b].to(device)), cfg["ops"], aug, g_aug))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            loss = F.cross_entropy(net(v).float(), y[b].to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    net.eval()
+    with torch.no_grad():
+        pred = torch.cat([net(norm(augment.to_float(xte[i:i + 512].to(device)))).argmax(1).cpu()
+                          for i in range(0, xte.shape[0], 512)])
+    return (pred == yte).float().mean().item() * 100
+
+
 def evaluate(run_dir: Path, data_dir: Path, threads: int = 0) -> dict:
     """All metrics of a finished run, with the protocol and the params that made it."""
     p = params.from_resolved(yaml.safe_load((Path(run_dir) / "params.yaml").read_text()))
@@ -121,6 +190,12 @@ def evaluate(run_dir: Path, data_dir: Path, threads: int = 0) -> dict:
     else:
         metrics["contrastive_acc"] = train["final"]["contrastive_acc"]
         metrics["entropy"] = train["final"]["entropy"]
+    semi = p["eval"]["semi"]
+    if semi["fractions"]:
+        metrics["semi_protocol"] = (f"fine-tune encoder + head up to layer {semi['from_layer']} + new linear layer "
+                                    f"on a class-balanced label subset, ops {semi['ops']}; test top-1")
+        metrics["semi"] = {f"{f:g}": round(fine_tune(run_dir, p, xtr, ytr, xte, yte, norm, device, f), 3)
+                           for f in semi["fractions"]}
     metrics["params"] = p
     return metrics
 

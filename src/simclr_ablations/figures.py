@@ -205,12 +205,42 @@ def batch_epochs(agg, runs, ax_title):
     return fig
 
 
+def methods(agg, runs, ax_title):
+    """Accuracy per method under linear / kNN / semi-supervised fine-tuning, wall time on top; the
+    literature's CIFAR-10 numbers beside ours when the dataset is CIFAR-10."""
+    names = list(agg["method"])
+    metrics = [("top1", "linear"), ("knn_top1", "kNN")] + [
+        (c[:-5], f"{c[5:-8]}% labels") for c in agg.columns if c.startswith("semi_") and c.endswith("_mean")]
+    lit = _paper("methods_cifar10.csv")
+    show_lit = lit is not None and "cifar10" in ax_title
+    fig, axes = plt.subplots(1, 2 if show_lit else 1, figsize=(13 if show_lit else 9, 4.4), squeeze=False)
+    ax = axes[0, 0]
+    w = 0.8 / len(metrics)
+    for k, (metric, label) in enumerate(metrics):
+        _bars(ax, names, agg, runs, "method", metric, offset=(k - len(metrics) / 2 + 0.5) * w, width=w, label=label)
+    for i, (_, r) in enumerate(agg.iterrows()):
+        ax.annotate(f"{r['wall_seconds_mean'] / 60:.1f} min", (i, 2), ha="center", fontsize=7, color="w")
+    ax.set_xticks(range(len(names)), names, rotation=20, ha="right")
+    ax.set_ylabel("top-1 (%)")
+    ax.set_title("this run (wall time per run at the bottom): " + ax_title, fontsize=8)
+    ax.legend(fontsize=7, ncol=2)
+    if show_lit:
+        ax = axes[0, 1]
+        ax.bar(range(len(lit)), lit["top1"], color="gray")
+        ax.set_xticks(range(len(lit)), [f"{r.method}\n{r.epochs} ep, {r.encoder}" for r in lit.itertuples()],
+                      fontsize=7)
+        ax.set_ylim(80, 95)
+        ax.set_ylabel("CIFAR-10 top-1 (%), kNN/linear as published")
+        ax.set_title("literature (workflow/resources/paper/methods_cifar10.csv)", fontsize=8)
+    return fig
+
+
 def draw(study: str, tables_dir: Path, out: Path, caption: str) -> None:
     agg = pd.read_csv(Path(tables_dir) / f"{study}.csv", dtype=str, keep_default_na=False)
     runs = pd.read_csv(Path(tables_dir) / f"{study}_runs.csv", dtype=str, keep_default_na=False)
     for frame in (agg, runs):
         for col in frame.columns:
-            if col.endswith(("_mean", "_std")) or col in ["n", "seed", *METRICS]:
+            if col.endswith(("_mean", "_std")) or col in ["n", "seed", *METRICS] or col.startswith("semi_"):
                 frame[col] = pd.to_numeric(frame[col].replace("", np.nan))
     title = f"{studies.spec()['studies'][study]['title']}\n{caption}"
     fig = globals()[study](agg, runs, title)

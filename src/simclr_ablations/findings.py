@@ -55,8 +55,7 @@ def _best(df: pd.DataFrame, key: str, candidates: list, metric: str = "top1", **
     return max(means, key=means.get) if means else None
 
 
-def _claims(t: dict[str, pd.DataFrame]):
-    """Yield (finding, A label, A per seed, B label, B per seed)."""
+def _augmentations(t):
     aug = t["augmentations"]
     pairs = [p for p in aug["pair"].unique() if "+" in p]
     singles = [p for p in aug["pair"].unique() if "+" not in p]
@@ -69,6 +68,8 @@ def _claims(t: dict[str, pd.DataFrame]):
         yield ("no single augmentation suffices: the best composition beats the best single op",
                f"best pair ({bp})", _per_seed(aug, pair=bp), f"best single op ({bs})", _per_seed(aug, pair=bs))
 
+
+def _color_strength(t):
     col = t["color_strength"]
     strengths = list(dict.fromkeys(col["strength"]))
     lo, hi = strengths[0], "1" if "1" in strengths else strengths[-1]
@@ -77,6 +78,8 @@ def _claims(t: dict[str, pd.DataFrame]):
     yield ("stronger color distortion helps SimCLR more than supervised learning",
            f"SimCLR gain ({lo} -> {hi})", gain["SimCLR"], f"supervised gain ({lo} -> {hi})", gain["Supervised"])
 
+
+def _projection_head(t):
     head = t["projection_head"]
     yield ("a nonlinear projection head beats a linear one (eval on h)", "non-linear",
            _per_seed(head, "top1_h", head="Non-linear"), "linear", _per_seed(head, "top1_h", head="Linear"))
@@ -85,12 +88,16 @@ def _claims(t: dict[str, pd.DataFrame]):
     yield ("the representation before the head (h) beats the one after it (g(h)), nonlinear head", "h",
            _per_seed(head, "top1_h", head="Non-linear"), "g(h)", _per_seed(head, "top1_gh", head="Non-linear"))
 
+
+def _losses(t):
     loss = t["losses"].assign(family=lambda d: d["setting"].str.replace(r" [tm]=.*$", "", regex=True))
     xent = _best(loss, "setting", [s for s in loss["setting"].unique() if s.startswith("NT-Xent")])
     rest = _best(loss, "setting", [s for s in loss["setting"].unique() if not s.startswith("NT-Xent")])
     yield ("NT-Xent beats NT-Logistic and margin triplet (each at its best setting)", f"NT-Xent ({xent})",
            _per_seed(loss, setting=xent), f"best other ({rest})", _per_seed(loss, setting=rest))
 
+
+def _temperature(t):
     temp = t["temperature"]
     moderate = [s for s in temp["setting"].unique() if s in ("l2, t=0.1", "l2, t=0.5")]
     extremes = [s for s in temp["setting"].unique() if s not in moderate]
@@ -98,6 +105,8 @@ def _claims(t: dict[str, pd.DataFrame]):
     yield ("l2 normalisation with a moderate temperature beats the extremes", f"best moderate ({bm})",
            _per_seed(temp, setting=bm), f"best extreme ({be})", _per_seed(temp, setting=be))
 
+
+def _batch_epochs(t):
     be_ = t["batch_epochs"]
     be_ = be_[be_["lr_scaling"] == "linear"]
     batches = sorted(be_["batch"].unique(), key=int)
@@ -108,6 +117,8 @@ def _claims(t: dict[str, pd.DataFrame]):
            f"gain of batch {batches[-1]} over {batches[0]} at {epochs[0]} epochs", g[epochs[0]],
            f"same gain at {epochs[-1]} epochs", g[epochs[-1]])
 
+
+def _encoder(t):
     enc = t["encoder"]
     enc = enc[enc["method"] == "SimCLR"]
     widths = list(dict.fromkeys(enc["width"]))
@@ -116,6 +127,33 @@ def _claims(t: dict[str, pd.DataFrame]):
            _per_seed(enc, width=widths[-1]), f"width {widths[0]}", _per_seed(enc, width=widths[0]))
     yield ("deeper encoders help (SimCLR, averaged over widths)", f"depth {depths[-1]}",
            _per_seed(enc, depth=depths[-1]), f"depth {depths[0]}", _per_seed(enc, depth=depths[0]))
+
+
+def _methods(t):
+    m = t["methods"]
+    names = set(m["method"])
+    if {"SimCLR", "SimCLRv2"} <= names and "semi_1pct" in m:
+        yield ("SimCLRv2 (3-layer head, fine-tuned from its middle layer) beats SimCLR with 1% of the labels",
+               "SimCLRv2, 1% labels", _per_seed(m, "semi_1pct", method="SimCLRv2"),
+               "SimCLR, 1% labels", _per_seed(m, "semi_1pct", method="SimCLR"))
+    if {"MoCo v2", "MoCo v2 (bank)"} <= names:
+        yield ("MoCo: a queue of negatives beats a memory bank (MoCo, Fig. 3)", "queue",
+               _per_seed(m, method="MoCo v2"), "memory bank", _per_seed(m, method="MoCo v2 (bank)"))
+    if {"WCL", "SimCLR"} <= names:
+        yield ("WCL's weak labels improve on SimCLR (WCL, Table 1)", "WCL", _per_seed(m, method="WCL"),
+               "SimCLR", _per_seed(m, method="SimCLR"))
+
+
+CLAIMS = {name: globals()[f"_{name}"] for name in (
+    "augmentations", "color_strength", "projection_head", "losses", "temperature", "batch_epochs", "encoder",
+    "methods")}
+
+
+def _claims(t: dict[str, pd.DataFrame]):
+    """Yield (finding, A label, A per seed, B label, B per seed) for every study present."""
+    for study, claims in CLAIMS.items():
+        if study in t:
+            yield from claims(t)
 
 
 def evaluate(tables_dir: Path) -> pd.DataFrame:

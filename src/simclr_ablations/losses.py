@@ -94,3 +94,38 @@ def contrastive_stats(z1, z2, temperature: float, normalize: bool) -> dict:
     logp = F.log_softmax(logits, 1)
     entropy = -(logp.exp() * logp.masked_fill(torch.isinf(logits), 0.0)).sum(1).mean()
     return {"contrastive_acc": acc.item(), "entropy": entropy.item()}
+
+
+# --- losses of the related methods (methods.py) ---------------------------------------------------
+
+def info_nce(q: torch.Tensor, k: torch.Tensor, negatives: torch.Tensor, temperature: float) -> torch.Tensor:
+    """MoCo's InfoNCE: each query's key is its positive, `negatives` (K x d, no gradient) the rest.
+    q, k and negatives are expected l2-normalised; the positive is logit 0."""
+    pos = (q * k).sum(1, keepdim=True)
+    neg = q @ negatives.t()
+    logits = torch.cat([pos, neg], 1) / temperature
+    return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
+
+
+def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """SimSiam's D(p, stopgrad(z)): minus the mean cosine similarity; no gradient reaches z."""
+    return -F.cosine_similarity(p, z.detach(), dim=1).mean()
+
+
+def byol_regression(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """BYOL's loss: || normalize(p) - normalize(z) ||^2 = 2 - 2 cos(p, z); z is the target (no gradient)."""
+    return (2 - 2 * F.cosine_similarity(p, z.detach(), dim=1)).mean()
+
+
+def sup_contrastive(anchors: torch.Tensor, others: torch.Tensor, positive: torch.Tensor, temperature: float,
+                    exclude: torch.Tensor | None = None) -> torch.Tensor:
+    """Supervised contrastive loss (Khosla et al. 2020), as WCL uses it: for each anchor, the mean over
+    its positives of -log softmax, the softmax taken over every column not in `exclude` (e.g. itself).
+    anchors: A x d and others: M x d (l2-normalised); positive, exclude: A x M boolean masks."""
+    logits = anchors @ others.t() / temperature
+    if exclude is not None:
+        logits = logits.masked_fill(exclude, float("-inf"))
+        positive = positive & ~exclude
+    log_prob = logits - torch.logsumexp(logits, 1, keepdim=True)
+    log_prob = log_prob.masked_fill(~positive, 0.0)
+    return (-(log_prob.sum(1) / positive.sum(1).clamp_min(1))).mean()

@@ -23,7 +23,8 @@ DEPTHS = (10, 18, 34, 50, 101, 152)
 
 # Allowed names (tuples) and ranges ((lo, hi, inclusive_lo)) for dotted keys.
 CHOICES = {
-    "method": ("simclr", "supervised"),
+    "method": ("simclr", "supervised", "moco", "byol", "simsiam", "wcl"),
+    "moco.negatives": ("queue", "bank"),
     "data.dataset": ("synthetic", "cifar10", "cifar100", "stl10", "imagefolder"),
     "augment.branches": ("both", "one"),
     "encoder.depth": DEPTHS,
@@ -84,6 +85,28 @@ RANGES = {
     "eval.linear.weight_decay": NONNEG,
     "eval.knn.k": ("an integer >= 1", lambda v: v >= 1),
     "eval.knn.temperature": POSITIVE,
+    "moco.queue_size": ("an integer >= 1", lambda v: v >= 1),
+    "moco.momentum": PROB,
+    "moco.temperature": POSITIVE,
+    "moco.bank_momentum": PROB,
+    "byol.momentum": PROB,
+    "byol.predictor_hidden": NONNEG,
+    "simsiam.predictor_hidden": NONNEG,
+    "wcl.lam": NONNEG,
+    "wcl.beta": NONNEG,
+    "wcl.gamma": NONNEG,
+    "wcl.temperature": POSITIVE,
+    "wcl.small_crops": NONNEG,
+    "wcl.small_size": ("in (0, 1]", lambda v: 0 < v <= 1),
+    "wcl.small_scale_min": ("in (0, 1]", lambda v: 0 < v <= 1),
+    "wcl.small_scale_max": ("in (0, 1]", lambda v: 0 < v <= 1),
+    "wcl.knn_k": ("an integer >= 1", lambda v: v >= 1),
+    "wcl.knn_warmup_epochs": NONNEG,
+    "eval.semi.from_layer": NONNEG,
+    "eval.semi.epochs": ("an integer >= 1", lambda v: v >= 1),
+    "eval.semi.min_steps": NONNEG,
+    "eval.semi.batch_size": ("an integer >= 1", lambda v: v >= 1),
+    "eval.semi.lr": POSITIVE,
     "runtime.threads": NONNEG,
     "runtime.checkpoint_every": ("an integer >= 1", lambda v: v >= 1),
 }
@@ -160,6 +183,18 @@ def _validate_cross(p: dict) -> None:
             raise ParamsError(f"'augment.ops' contains {op!r}: allowed ops are {', '.join(AUG_OPS)}")
     if len(set(ops)) != len(ops):
         raise ParamsError(f"'augment.ops' = {ops}: an op may appear only once")
+    for op in p["eval"]["semi"]["ops"]:
+        if op not in AUG_OPS:
+            raise ParamsError(f"'eval.semi.ops' contains {op!r}: allowed ops are {', '.join(AUG_OPS)}")
+    for f in p["eval"]["semi"]["fractions"]:
+        if not isinstance(f, (int, float)) or isinstance(f, bool) or not 0 < f <= 1:
+            raise ParamsError(f"'eval.semi.fractions' contains {f!r}: each fraction must be a number in (0, 1]")
+    wcl = p["wcl"]
+    if wcl["small_scale_min"] > wcl["small_scale_max"]:
+        raise ParamsError(f"'wcl.small_scale_min' = {wcl['small_scale_min']} exceeds "
+                          f"small_scale_max = {wcl['small_scale_max']}")
+    if p["method"] in ("moco", "byol", "simsiam", "wcl") and p["head"]["type"] == "none":
+        raise ParamsError(f"'head.type' = 'none': method {p['method']!r} needs a projection head (linear or mlp)")
     crop = p["augment"]["crop"]
     if crop["ratio_min"] > crop["ratio_max"]:
         raise ParamsError(f"'augment.crop.ratio_min' = {crop['ratio_min']} exceeds ratio_max = {crop['ratio_max']}")
@@ -171,6 +206,11 @@ def _validate_cross(p: dict) -> None:
         raise ParamsError(f"'head.layers' = {head['layers']}: an mlp head needs >= 2 layers "
                           "(use head.type=linear for 1)")
     depth = {"none": 0, "linear": 1, "mlp": head["layers"]}[head["type"]]
+    if p["eval"]["semi"]["from_layer"] > max(depth - 1, 0):
+        raise ParamsError(
+            f"'eval.semi.from_layer' = {p['eval']['semi']['from_layer']}: the {head['type']} head allows 0 (h) "
+            f"to {max(depth - 1, 0)} (fine-tuning needs a layer below g(h))"
+        )
     if p["eval"]["feature_layer"] > depth:
         raise ParamsError(
             f"'eval.feature_layer' = {p['eval']['feature_layer']}: the {head['type']} head has {depth} layer(s); "

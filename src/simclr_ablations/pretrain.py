@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import augment, data, losses, models, optim, params
+from . import augment, data, methods, models, optim, params
 
 
 class TrainingDiverged(RuntimeError):
@@ -30,11 +30,17 @@ class TrainingDiverged(RuntimeError):
 def canonical(p: dict) -> dict:
     """The params that can change a run's results: `runtime` (threads, device...) and keys the
     configuration does not read (the head's size when there is no head, the loss of the supervised
-    baseline, the settings of augmentations not in use) are left out."""
+    baseline, the settings of augmentations and methods not in use, semi-supervised evaluation when
+    no label fraction is asked for) are left out."""
     q = copy.deepcopy({k: v for k, v in p.items() if k != "runtime"})
     head, t, aug = q["head"], q["pretrain"], q["augment"]
     if head["type"] != "mlp":
         q["head"] = {"type": "none"} if head["type"] == "none" else {"type": "linear", "out_dim": head["out_dim"]}
+    for name in ("moco", "byol", "simsiam", "wcl"):
+        if q["method"] != name:
+            del q[name]
+    if not q["eval"]["semi"]["fractions"]:
+        del q["eval"]["semi"]
     if q["method"] == "supervised":
         del q["head"], q["eval"]["feature_layer"]
         for key in ("loss", "temperature", "l2_normalize", "margin", "semi_hard"):
@@ -114,17 +120,23 @@ def train(p: dict, data_dir: Path, out_dir: Path, threads: int = 0, log=print) -
     channels_last = p["runtime"]["channels_last"]
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    opt = optim.build(model, t)
+    method = None if p["method"] == "supervised" else methods.build(p, model, images, norm).to(device)
+    opt = optim.build(method or model, t)
     peak = opt.param_groups[0]["lr"]
-    loss_fn = losses.loss_fn(p)
-    forward = torch.compile(model) if (cuda and p["runtime"]["compile"]) else model
+    forward = model
+    if cuda and p["runtime"]["compile"]:
+        forward = torch.compile(model)
+        model.encoder.compile()
 
     ckpt_path, rid = out_dir / "checkpoint.pt", run_id(p)
     start_epoch, history = 0, []
     if ckpt_path.exists():
         ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
         if ckpt["run_id"] == rid:
-            model.load_state_dict(ckpt["model"])
+            if method is not None and ckpt.get("method") is not None:
+                method.load_state_dict(ckpt["method"])
+            else:
+                model.load_state_dict(ckpt["model"])
             opt.load_state_dict(ckpt["optimizer"])
             start_epoch, history = ckpt["epoch"] + 1, ckpt["history"]
             log(f"resuming from checkpoint {ckpt_path} at epoch {start_epoch} (of {t['epochs']})")
@@ -163,9 +175,7 @@ def train(p: dict, data_dir: Path, out_dir: Path, threads: int = 0, log=print) -
                     v = norm(torch.cat([v1, v2]))
                     if channels_last:
                         v = v.contiguous(memory_format=torch.channels_last)
-                    z1, z2 = forward(v).float().chunk(2)
-                    loss = loss_fn(z1, z2)
-                    stats = losses.contrastive_stats(z1, z2, t["temperature"], t["l2_normalize"])
+                    loss, stats = method.loss(v, x, idx, g_aug)
             if not torch.isfinite(loss):
                 raise TrainingDiverged(
                     f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}; stopping. "
@@ -174,10 +184,14 @@ def train(p: dict, data_dir: Path, out_dir: Path, threads: int = 0, log=print) -
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if method is not None:
+                method.after_step((epoch * steps_per_epoch + step + 1) / total)
             sums["loss"] += loss.item()
             for k, v_ in stats.items():
                 sums[k] += v_
             bar.set_postfix(loss=f"{loss.item():.3f}")
+        if method is not None:
+            method.end_epoch(epoch)
         seconds = time.perf_counter() - t0
         row = {"epoch": epoch + 1, "lr": lr, "seconds": round(seconds, 3),
                "images_per_s": round(steps_per_epoch * bs / seconds, 1)}
@@ -186,6 +200,7 @@ def train(p: dict, data_dir: Path, out_dir: Path, threads: int = 0, log=print) -
         log(" ".join(f"{k}={v_:.4g}" if isinstance(v_, float) else f"{k}={v_}" for k, v_ in row.items()))
         if (epoch + 1) % p["runtime"]["checkpoint_every"] == 0 or epoch + 1 == t["epochs"]:
             save_atomic({"run_id": rid, "epoch": epoch, "model": model.state_dict(),
+                         "method": method.state_dict() if method is not None else None,
                          "optimizer": opt.state_dict(), "history": history}, ckpt_path)
 
     summary = {

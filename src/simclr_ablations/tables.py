@@ -23,6 +23,8 @@ PROTOCOL = {
     "top1_h": "linear eval on h (encoder output)",
     "top1_gh": "linear eval on g(h) (projection head output)",
     "knn_top1": "weighted kNN on h",
+    "semi": "the whole network fine-tuned on a class-balanced subset of the training labels (eval.semi), "
+            "test top-1",
 }
 
 
@@ -47,16 +49,27 @@ def collect(runs: list[studies.Run], runs_dir: Path) -> pd.DataFrame:
         row["encoder_params"] = m["encoder_params"]
         row["train_seconds"] = m["train_seconds"]
         row["wall_seconds"] = _bench_seconds(d / "pretrain.bench.tsv") + _bench_seconds(d / "evaluate.bench.tsv")
+        for fraction, top1 in m.get("semi", {}).items():
+            row[semi_column(float(fraction))] = top1
         row["settings"] = " ".join(r.settings)
         row["params"] = json.dumps(m["params"], sort_keys=True)
         rows.append(row)
     return pd.DataFrame(rows)
 
 
+def semi_column(fraction: float) -> str:
+    """Column of the semi-supervised top-1 at a label fraction: 0.01 -> semi_1pct."""
+    return f"semi_{fraction * 100:g}pct"
+
+
+def metric_columns(df: pd.DataFrame) -> list[str]:
+    return METRICS + sorted((c for c in df.columns if c.startswith("semi_")), key=lambda c: float(c[5:-3]))
+
+
 def aggregate(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
     """mean / std / n of every metric per cell; std is NaN with one seed."""
     g = df.groupby(keys, sort=False)
-    out = g[METRICS].agg(["mean", "std"])
+    out = g[metric_columns(df)].agg(["mean", "std"])
     out.columns = [f"{a}_{b}" for a, b in out.columns]
     out["n"] = g.size()
     out["run_ids"] = g["run_id"].agg(" ".join)
@@ -109,6 +122,13 @@ def layout(study: str, agg: pd.DataFrame, axes: dict) -> pd.DataFrame:
         cols = ["top1", "knn_top1", "contrastive_acc", "entropy"]
         rows = [[r["setting"]] + [_cell(r, c, 2 if c == "entropy" else 1) for c in cols] for _, r in agg.iterrows()]
         return pd.DataFrame(rows, columns=["setting", "linear top-1", "kNN top-1", "contrastive acc", "entropy"])
+    if study == "methods":
+        semi = [c[:-5] for c in agg.columns if c.startswith("semi_") and c.endswith("_mean")]
+        rows = [[r["method"], _cell(r), _cell(r, "knn_top1")] + [_cell(r, c) for c in semi]
+                + [fmt(r["wall_seconds_mean"] / 60, r["wall_seconds_std"] / 60, int(r["n"]), 2)]
+                for _, r in agg.iterrows()]
+        return pd.DataFrame(rows, columns=["method", "linear top-1", "kNN top-1"]
+                            + [f"{c[5:-3]}% labels (fine-tune)" for c in semi] + ["wall time per run (min)"])
     if len(names) == 1:
         return pd.DataFrame([[r[names[0]], _cell(r)] for _, r in agg.iterrows()], columns=[names[0], "top-1"])
     rows_keys, col_key = names[:-1], names[-1]
@@ -141,6 +161,9 @@ def write(preset: str, study: str, runs_dir: Path, out_dir: Path, extra: tuple[s
     n = sorted(set(agg["n"]))
     md = [f"## {spec['title']}", "", f"Preset `{preset}`{title_suffix}; mean ± std over {'/'.join(map(str, n))} "
           f"seed(s) per cell. Protocol: {PROTOCOL['top1']}.", "", _md(layout(study, agg, axes)), ""]
+    if study == "methods":
+        md += [f"Every method: the same data, augmentations, encoder, head, optimiser, batch size and epochs. "
+               f"Semi-supervised: {PROTOCOL['semi']}.", ""]
     if study == "losses":
         md += ["Best setting per loss (as the paper's Table 4 reports):", "", _md(best_per_loss(agg)), ""]
     cost = df["wall_seconds"].where(df["wall_seconds"].notna(), df["train_seconds"])

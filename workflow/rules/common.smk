@@ -17,9 +17,13 @@ if config["data_root"]:
 if config["image_size"]:
     EXTRA.append(f"data.image_size={config['image_size']}")
 EXTRA = tuple(EXTRA)
+STUDIES = list(config["studies"]) or studies.names()
 try:
+    unknown = sorted(set(STUDIES) - set(studies.names()))
+    if unknown:
+        raise P.ParamsError(f"'studies' names unknown studies {unknown}; allowed: {studies.names()}")
     P.load(PRESET, settings=list(EXTRA))
-    RUNS = {study: studies.expand(PRESET, study, EXTRA, config["seeds"]) for study in studies.names()}
+    RUNS = {study: studies.expand(PRESET, study, EXTRA, config["seeds"]) for study in STUDIES}
 except P.ParamsError as e:
     raise WorkflowError(f"invalid configuration (preset={PRESET!r}, dataset={config['dataset']!r}): {e}")
 
@@ -35,7 +39,6 @@ DATA_ARGS = {
 RES = config["resources"].get(PRESET, config["resources"]["default"])
 EXTRA_ARGS = " ".join(f"--extra {shlex.quote(s)}" for s in EXTRA)
 CAPTION = f"preset {PRESET}, dataset {DATASET}"
-STUDIES = studies.names()
 
 ALL_OUTPUTS = (
     expand(f"{RESULTS}/tables/{{study}}.{{ext}}", study=STUDIES, ext=["csv", "md"])
