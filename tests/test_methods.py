@@ -186,3 +186,27 @@ def test_bad_method_params_are_named():
         params.load("smoke", settings=["eval.semi.fractions=[0, 0.1]"])
     with pytest.raises(params.ParamsError, match="eval.semi.from_layer"):
         params.load("smoke", settings=["eval.semi.from_layer=2"])
+
+
+@pytest.mark.parametrize("method", ["moco", "wcl"])
+def test_stateful_methods_resume_identically(smoke_data, tmp_path, method):
+    """The queue / memory bank, EMA target and KNN neighbours live in the checkpoint: a run stopped
+    after epoch 1 and resumed ends with the same weights as one that never stopped."""
+    base = [f"method={method}", "pretrain.epochs=2", "wcl.knn_warmup_epochs=1"]
+    full = pretrain.train(params.load("smoke", settings=base), smoke_data, tmp_path / "full", threads=1,
+                          log=lambda *_: None)
+    part = tmp_path / "part"
+    p = params.load("smoke", settings=base)
+    short = dict(p, pretrain=dict(p["pretrain"], epochs=1))
+    pretrain.train(short, smoke_data, part, threads=1, log=lambda *_: None)   # a different run id: not resumed
+    ckpt = torch.load(part / "checkpoint.pt", weights_only=False)
+    ckpt["run_id"] = pretrain.run_id(p)                                       # pretend the 2-epoch run stopped here
+    (part / "model.pt").unlink()
+    torch.save(ckpt, part / "checkpoint.pt")
+    logs = []
+    resumed = pretrain.train(p, smoke_data, part, threads=1, log=logs.append)
+    assert any("resuming from checkpoint" in line and "epoch 1" in line for line in logs)
+    wa = torch.load(tmp_path / "full" / "model.pt", weights_only=False)["model"]
+    wb = torch.load(part / "model.pt", weights_only=False)["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert full["final"]["loss"] == resumed["final"]["loss"]

@@ -21,6 +21,9 @@ def test_smoke_grid_outputs(smoke_grid):
         runs = pd.read_csv(res / f"tables/{study}_runs.csv")
         assert len(runs) == len(studies.expand("smoke", study))
         assert runs["top1"].between(0, 100).all() and runs["params"].map(json.loads).map(dict).all()
+    meth = pd.read_csv(res / "tables/methods.csv")
+    assert len(meth) == 7 and meth["semi_1pct_mean"].between(0, 100).all() and meth["semi_10pct_mean"].notna().all()
+    assert "1% labels (fine-tune)" in (res / "tables/methods.md").read_text()
     aug = pd.read_csv(res / "tables/augmentations.csv")
     assert len(aug) == 28 and aug["n"].eq(1).all()
     summary = (res / "README.md").read_text()
@@ -67,6 +70,13 @@ def test_dvc_roundtrip_of_the_grid(smoke_grid, tmp_path):
     assert "pretrain" in changed and "Nothing to be done" not in changed
 
 
+def test_studies_subset(tmp_path):
+    work = copy_project(tmp_path / "p")
+    out = run(["snakemake", "-n", "--config", "preset=smoke", "studies=[methods]"], work).stdout
+    n = len(studies.unique(studies.expand("smoke", "methods")))
+    assert f"pretrain {n}" in " ".join(out.split()) and "table 1" in " ".join(out.split())
+
+
 def test_dry_run_of_gpu_preset_lists_every_run_without_data(tmp_path):
     work = copy_project(tmp_path / "p")
     out = run(["snakemake", "-n", "--config", "preset=cifar10"], work).stdout
@@ -79,6 +89,7 @@ def test_dry_run_of_gpu_preset_lists_every_run_without_data(tmp_path):
     (["preset=nope"], ["invalid configuration", "allowed presets are"]),
     (["preset=smoke", "dataset=mnist"], ["dataset"]),
     (["preset=smoke", "seeds=-1"], ["seeds"]),
+    (["preset=smoke", "studies=[methods,colour]"], ["unknown studies", "colour", "color_strength"]),
 ])
 def test_bad_config_fails_at_dag_time(tmp_path, config, words):
     work = copy_project(tmp_path / "p")

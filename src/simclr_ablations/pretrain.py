@@ -1,4 +1,5 @@
-"""Pretraining: SimCLR (two views, contrastive loss) or the supervised baseline (one view, labels).
+"""Pretraining: a self-supervised method of methods.py (two views; SimCLR by default) or the
+supervised baseline (one view, labels).
 
 The whole prepared dataset sits in memory as uint8; each step indexes a batch, moves it to the
 device and augments it there as a tensor (augment.py), so there is no data-loader process to
