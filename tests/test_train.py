@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
-from simclr_ablations import evaluate, params, pretrain
+from simclr_ablations import evaluate, losses, params, pretrain
 
 from conftest import cli
 
@@ -84,7 +84,7 @@ def test_checkpoint_of_other_params_is_not_resumed(smoke_data, tmp_path):
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(smoke_data, tmp_path, monkeypatch):
     p = params.load("smoke", settings=["pretrain.epochs=3"])
     calls = {"n": 0}
-    real = pretrain.losses.loss_fn(p)
+    real = losses.loss_fn(p)
 
     def poisoned(_p):
         def fn(z1, z2):
@@ -93,7 +93,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(smoke_data, tmp_path, mon
             return loss * float("nan") if calls["n"] > 4 else loss  # 4 steps = epoch 1
         return fn
 
-    monkeypatch.setattr(pretrain.losses, "loss_fn", poisoned)
+    monkeypatch.setattr(losses, "loss_fn", poisoned)
     with pytest.raises(pretrain.TrainingDiverged, match="epoch 2, step 1.*Last good checkpoint"):
         pretrain.train(p, smoke_data, tmp_path, threads=1, log=lambda *_: None)
     ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
