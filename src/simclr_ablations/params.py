@@ -39,6 +39,8 @@ CHOICES = {
 POSITIVE = ("> 0", lambda v: v > 0)
 NONNEG = (">= 0", lambda v: v >= 0)
 PROB = ("in [0, 1]", lambda v: 0 <= v <= 1)
+AT_LEAST_1 = ("an integer >= 1", lambda v: v >= 1)
+UNIT = ("in (0, 1]", lambda v: 0 < v <= 1)
 RANGES = {
     "data.image_size": ("an integer >= 8", lambda v: v >= 8),
     "data.train_limit": NONNEG,
@@ -47,13 +49,13 @@ RANGES = {
     "data.synthetic.classes": ("in [2, 20]", lambda v: 2 <= v <= 20),
     "data.synthetic.train_size": POSITIVE,
     "data.synthetic.test_size": POSITIVE,
-    "augment.base_crop_scale": ("in (0, 1]", lambda v: 0 < v <= 1),
-    "augment.crop.scale_min": ("in (0, 1]", lambda v: 0 < v <= 1),
+    "augment.base_crop_scale": UNIT,
+    "augment.crop.scale_min": UNIT,
     "augment.crop.ratio_min": POSITIVE,
     "augment.crop.ratio_max": POSITIVE,
     "augment.crop.flip": PROB,
     "augment.cutout.p": PROB,
-    "augment.cutout.size": ("in (0, 1]", lambda v: 0 < v <= 1),
+    "augment.cutout.size": UNIT,
     "augment.color.strength": NONNEG,
     "augment.color.p_jitter": PROB,
     "augment.color.p_gray": PROB,
@@ -63,29 +65,29 @@ RANGES = {
     "augment.blur.p": PROB,
     "augment.blur.sigma_min": POSITIVE,
     "augment.blur.sigma_max": POSITIVE,
-    "augment.blur.kernel_fraction": ("in (0, 1]", lambda v: 0 < v <= 1),
+    "augment.blur.kernel_fraction": UNIT,
     "augment.rotate.p": PROB,
     "encoder.width": POSITIVE,
-    "head.layers": ("an integer >= 1", lambda v: v >= 1),
+    "head.layers": AT_LEAST_1,
     "head.hidden_dim": NONNEG,
-    "head.out_dim": ("an integer >= 1", lambda v: v >= 1),
+    "head.out_dim": AT_LEAST_1,
     "pretrain.temperature": POSITIVE,
     "pretrain.margin": NONNEG,
     "pretrain.batch_size": ("an integer >= 2", lambda v: v >= 2),
-    "pretrain.epochs": ("an integer >= 1", lambda v: v >= 1),
+    "pretrain.epochs": AT_LEAST_1,
     "pretrain.lr": POSITIVE,
     "pretrain.momentum": ("in [0, 1)", lambda v: 0 <= v < 1),
     "pretrain.weight_decay": NONNEG,
     "pretrain.lars_eta": POSITIVE,
     "pretrain.warmup_epochs": NONNEG,
     "eval.feature_layer": NONNEG,
-    "eval.linear.epochs": ("an integer >= 1", lambda v: v >= 1),
-    "eval.linear.batch_size": ("an integer >= 1", lambda v: v >= 1),
+    "eval.linear.epochs": AT_LEAST_1,
+    "eval.linear.batch_size": AT_LEAST_1,
     "eval.linear.lr": POSITIVE,
     "eval.linear.weight_decay": NONNEG,
-    "eval.knn.k": ("an integer >= 1", lambda v: v >= 1),
+    "eval.knn.k": AT_LEAST_1,
     "eval.knn.temperature": POSITIVE,
-    "moco.queue_size": ("an integer >= 1", lambda v: v >= 1),
+    "moco.queue_size": AT_LEAST_1,
     "moco.momentum": PROB,
     "moco.temperature": POSITIVE,
     "moco.bank_momentum": PROB,
@@ -97,18 +99,18 @@ RANGES = {
     "wcl.gamma": NONNEG,
     "wcl.temperature": POSITIVE,
     "wcl.small_crops": NONNEG,
-    "wcl.small_size": ("in (0, 1]", lambda v: 0 < v <= 1),
-    "wcl.small_scale_min": ("in (0, 1]", lambda v: 0 < v <= 1),
-    "wcl.small_scale_max": ("in (0, 1]", lambda v: 0 < v <= 1),
-    "wcl.knn_k": ("an integer >= 1", lambda v: v >= 1),
+    "wcl.small_size": UNIT,
+    "wcl.small_scale_min": UNIT,
+    "wcl.small_scale_max": UNIT,
+    "wcl.knn_k": AT_LEAST_1,
     "wcl.knn_warmup_epochs": NONNEG,
     "eval.semi.from_layer": NONNEG,
-    "eval.semi.epochs": ("an integer >= 1", lambda v: v >= 1),
+    "eval.semi.epochs": AT_LEAST_1,
     "eval.semi.min_steps": NONNEG,
-    "eval.semi.batch_size": ("an integer >= 1", lambda v: v >= 1),
+    "eval.semi.batch_size": AT_LEAST_1,
     "eval.semi.lr": POSITIVE,
     "runtime.threads": NONNEG,
-    "runtime.checkpoint_every": ("an integer >= 1", lambda v: v >= 1),
+    "runtime.checkpoint_every": AT_LEAST_1,
 }
 
 
@@ -176,16 +178,18 @@ def _validate(p: dict, schema: dict, prefix: str = "") -> None:
         _validate_cross(p)
 
 
-def _validate_cross(p: dict) -> None:
-    ops = p["augment"]["ops"]
+def _check_ops(key: str, ops: list) -> None:
     for op in ops:
         if op not in AUG_OPS:
-            raise ParamsError(f"'augment.ops' contains {op!r}: allowed ops are {', '.join(AUG_OPS)}")
+            raise ParamsError(f"'{key}' contains {op!r}: allowed ops are {', '.join(AUG_OPS)}")
+
+
+def _validate_cross(p: dict) -> None:
+    ops = p["augment"]["ops"]
+    _check_ops("augment.ops", ops)
     if len(set(ops)) != len(ops):
         raise ParamsError(f"'augment.ops' = {ops}: an op may appear only once")
-    for op in p["eval"]["semi"]["ops"]:
-        if op not in AUG_OPS:
-            raise ParamsError(f"'eval.semi.ops' contains {op!r}: allowed ops are {', '.join(AUG_OPS)}")
+    _check_ops("eval.semi.ops", p["eval"]["semi"]["ops"])
     for f in p["eval"]["semi"]["fractions"]:
         if not isinstance(f, (int, float)) or isinstance(f, bool) or not 0 < f <= 1:
             raise ParamsError(f"'eval.semi.fractions' contains {f!r}: each fraction must be a number in (0, 1]")
