@@ -3,7 +3,7 @@
 # `snakemake --profile slurm --config preset=cifar10`. Rules call the package's CLI.
 from snakemake.utils import min_version, validate
 
-min_version("8.0")
+min_version("9.18")
 
 
 configfile: "workflow/config.yaml"
@@ -12,12 +12,15 @@ configfile: "workflow/config.yaml"
 validate(config, "workflow/schemas/config.schema.yaml")
 
 
+report: "workflow/report/workflow.rst"
+
+
 include: "workflow/rules/common.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/report.smk"
 
 
 rule all:
+    default_target: True
     input:
         ALL_OUTPUTS,
-    default_target: True

@@ -165,7 +165,8 @@ def test_canonical_leaves_out_unused_method_sections():
     assert pretrain.run_id(p) == pretrain.run_id(q)
     assert pretrain.run_id(params.load("cpu", settings=["method=moco"])) != pretrain.run_id(
         params.load("cpu", settings=["method=moco", "moco.queue_size=7"]))
-    assert pretrain.run_id(p) != pretrain.run_id(params.load("cpu", settings=["eval.semi.fractions=[0.1]"]))
+    assert pretrain.run_id(p) == pretrain.run_id(params.load("cpu", settings=["eval.semi.fractions=[0.1]"]))
+    assert params.eval_id(p) != params.eval_id(params.load("cpu", settings=["eval.semi.fractions=[0.1]"]))
 
 
 def test_balanced_subset():

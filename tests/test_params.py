@@ -66,17 +66,44 @@ def test_unknown_preset_lists_presets():
 
 
 def test_resolved_roundtrip_and_run_identity():
-    from simclr_ablations.pretrain import run_id
-
     p = params.load("smoke")
     assert params.from_resolved(p) == p
-    same = lambda *s: run_id(params.load("smoke", settings=list(s)))
-    assert same() == same("runtime.threads=1") == same("augment.noise.std=0.3") == same("pretrain.margin=2")
+    same = lambda *s: params.pretrain_id(params.load("smoke", settings=list(s)))  # noqa: E731
+    assert same() == same("runtime.progress=true") == same("augment.noise.std=0.3") == same("pretrain.margin=2")
     assert same("head.type=none") == same("head.type=none", "head.out_dim=7", "head.layers=3")
     assert same("method=supervised") == same("method=supervised", "pretrain.temperature=0.1", "head.out_dim=7")
     for changed in ("seed=1", "pretrain.temperature=0.2", "augment.color.strength=0.5", "head.out_dim=7",
-                    "augment.ops=[crop, color]", "data.synthetic.train_size=100", "eval.linear.epochs=3"):
+                    "augment.ops=[crop, color]", "data.synthetic.train_size=100", "runtime.threads=2",
+                    "runtime.amp=false"):
         assert same(changed) != same(), changed
+
+
+def test_eval_settings_share_the_pretraining_but_not_the_evaluation():
+    base = params.load("smoke")
+    for setting in ("eval.knn.k=7", "eval.linear.epochs=3", "eval.feature_layer=1", "eval.semi.fractions=[0.1]"):
+        q = params.load("smoke", settings=[setting])
+        assert params.pretrain_id(q) == params.pretrain_id(base), setting
+        assert params.eval_id(q) != params.eval_id(base), setting
+    # semi-supervised settings count only when a label fraction is asked for; their augmentation always counts
+    assert params.eval_id(params.load("smoke", settings=["eval.semi.lr=0.3"])) == params.eval_id(base)
+    semi = ["eval.semi.fractions=[0.1]", "eval.semi.ops=[crop]"]
+    assert params.eval_id(params.load("smoke", settings=semi)) != params.eval_id(
+        params.load("smoke", settings=semi + ["augment.crop.scale_min=0.5", "augment.ops=[color]"]))
+    # a changed pretraining changes every evaluation of it
+    assert params.eval_id(params.load("smoke", settings=["seed=1"])) != params.eval_id(base)
+
+
+def test_unknown_key_suggests_the_nearest_name():
+    with pytest.raises(ParamsError, match="unknown key 'pretrain.temprature'. Did you mean 'pretrain.temperature'"):
+        params.load("smoke", settings=["pretrain.temprature=0.2"])
+
+
+def test_repeated_loads_parse_each_file_once():
+    params._read_cached.cache_clear()
+    for _ in range(20):
+        params.load("cpu", settings=["seed=1"])
+    info = params._read_cached.cache_info()
+    assert info.misses == 2 and info.hits == 38  # default.yaml + the preset, each parsed once
 
 
 def test_cli_refuses_bad_params_before_touching_data(tmp_path):

@@ -17,40 +17,56 @@ import yaml
 from . import params
 
 
-def _params_args(sp: argparse.ArgumentParser) -> None:
+def _params_args(sp: argparse.ArgumentParser, threads: bool = False) -> None:
     sp.add_argument("--preset", help=f"one of: {', '.join(params.presets())}")
     sp.add_argument("--params", action="append", default=[], metavar="FILE", help="params file (repeatable)")
     sp.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a key (repeatable)")
+    if threads:
+        sp.add_argument("--threads", type=int, default=0,
+                        help="CPU threads: the same as --set runtime.threads=N (part of the run's identity)")
 
 
 def _resolve(args) -> dict:
-    return params.load(args.preset, args.params, args.set)
+    settings = list(args.set)
+    if getattr(args, "threads", 0):
+        settings.append(f"runtime.threads={args.threads}")
+    return params.load(args.preset, args.params, settings)
+
+
+def _version() -> str:
+    from . import provenance
+
+    return f"simclr-ablations {provenance.code_version()}"
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="simclr-ablations", description=__doc__)
+    ap.add_argument("--version", action="version", version=_version())
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     sp = sub.add_parser("params", help="print the resolved, validated params (YAML), or one key of them")
     _params_args(sp)
     sp.add_argument("--key", help="dotted key to print, e.g. data or pretrain.batch_size")
-    sp.add_argument("--digest", action="store_true", help="print the run id these params give")
+    sp.add_argument("--digest", action="store_true", help="print the pretraining id these params give")
+    sp.add_argument("--eval-digest", action="store_true", help="print the evaluation id these params give")
+    sp.add_argument("--out", type=Path, help="write the resolved params to this YAML file instead of printing them")
 
     sp = sub.add_parser("prepare", help="prepare a dataset into a directory of uint8 tensors")
     _params_args(sp)
     sp.add_argument("--out", required=True, type=Path)
 
     sp = sub.add_parser("pretrain", help="pretrain (resumes from out/checkpoint.pt if present)")
-    _params_args(sp)
+    _params_args(sp, threads=True)
     sp.add_argument("--data", required=True, type=Path, help="prepared dataset directory")
     sp.add_argument("--out", required=True, type=Path, help="run directory")
-    sp.add_argument("--threads", type=int, default=0)
 
-    sp = sub.add_parser("evaluate", help="linear eval + kNN of a finished run, as JSON")
-    sp.add_argument("--run", required=True, type=Path)
+    sp = sub.add_parser("evaluate", help="linear eval + kNN of a finished run: OUT/metrics.json and OUT/params.yaml",
+                        description="Evaluate a pretraining under the evaluation settings of the given params "
+                                    "(none given: those it was pretrained with); only eval.* may differ.")
+    _params_args(sp, threads=True)
+    sp.add_argument("--run", required=True, type=Path, help="pretraining directory (holds model.pt)")
     sp.add_argument("--data", required=True, type=Path)
-    sp.add_argument("--out", required=True, type=Path)
-    sp.add_argument("--threads", type=int, default=0)
+    sp.add_argument("--out", required=True, type=Path, help="output directory")
 
     sp = sub.add_parser("curves", help="plot a run's training curves")
     sp.add_argument("--run", required=True, type=Path)
@@ -89,10 +105,11 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args) -> int:
     if args.cmd == "params":
         p = _resolve(args)
-        if args.digest:
-            from .pretrain import run_id
-
-            print(run_id(p))
+        if args.digest or args.eval_digest:
+            print(params.pretrain_id(p) if args.digest else params.eval_id(p))
+            return 0
+        if args.out:
+            params.dump(p, args.out)
             return 0
         node = p
         for part in (args.key.split(".") if args.key else []):
@@ -110,14 +127,17 @@ def _dispatch(args) -> int:
         from . import pretrain
 
         p = _resolve(args)
-        summary = pretrain.train(p, args.data, args.out, args.threads)
+        summary = pretrain.train(p, args.data, args.out)
         print(json.dumps({k: summary[k] for k in ("run_id", "train_seconds", "device")}))
         return 0
     if args.cmd == "evaluate":
         from . import evaluate
 
-        metrics = evaluate.evaluate(args.run, args.data, args.threads)
-        evaluate.write_json(metrics, args.out)
+        if not (args.preset or args.params):
+            args.params = [args.run / "params.yaml"]  # the params it was pretrained with (+ any --set)
+        p = _resolve(args)
+        metrics = evaluate.evaluate(args.run, args.data, p)
+        evaluate.write(metrics, p, args.out)
         print(json.dumps({k: metrics[k] for k in ("run_id", "linear_top1", "knn_top1")}))
         return 0
     if args.cmd == "curves":

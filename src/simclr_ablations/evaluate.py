@@ -19,13 +19,14 @@ from __future__ import annotations
 import json
 import math
 import os
+import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 import yaml
 
-from . import augment, data, optim, params, pretrain
+from . import augment, data, optim, params, pretrain, provenance
 
 PROTOCOL = ("linear eval: frozen encoder, features of un-augmented images, linear classifier trained "
             "with SGD-Nesterov; kNN: cosine, weighted vote")
@@ -148,9 +149,21 @@ def fine_tune(run_dir: Path, p: dict, xtr, ytr, xte, yte, norm, device, fraction
     return (pred == yte).float().mean().item() * 100
 
 
-def evaluate(run_dir: Path, data_dir: Path, threads: int = 0) -> dict:
-    """All metrics of a finished run, with the protocol and the params that made it."""
-    p = params.from_resolved(yaml.safe_load((Path(run_dir) / "params.yaml").read_text()))
+def trained_params(run_dir: Path) -> dict:
+    """The params a pretraining ran with (run_dir/params.yaml)."""
+    return params.from_resolved(yaml.safe_load((Path(run_dir) / "params.yaml").read_text()))
+
+
+def evaluate(run_dir: Path, data_dir: Path, p: dict | None = None, threads: int = 0) -> dict:
+    """All metrics of a finished pretraining under the evaluation settings of `p` (default: the params
+    the run was pretrained with). p must describe the same pretraining (params.pretrain_id)."""
+    wall0 = time.perf_counter()
+    trained = trained_params(run_dir)
+    p = trained if p is None else p
+    if params.pretrain_id(p) != params.pretrain_id(trained):
+        raise params.ParamsError(
+            f"{run_dir} holds pretraining {params.pretrain_id(trained)}, but these params describe pretraining "
+            f"{params.pretrain_id(p)}: only eval.* settings may differ from the ones it was trained with")
     device = pretrain.setup(p, threads)
     model, _ = pretrain.load_model(run_dir, device)
     meta = data.load_meta(data_dir)
@@ -172,8 +185,7 @@ def evaluate(run_dir: Path, data_dir: Path, threads: int = 0) -> dict:
     train = json.loads((Path(run_dir) / "train.json").read_text())
     metrics = {
         "run_id": train["run_id"],
-        "protocol": PROTOCOL,
-        "dataset": meta["dataset"],
+        "eval_id": params.eval_id(p),
         "linear_top1": chosen["linear_top1"],
         "knn_top1": chosen["knn_top1"],
         "feature_layer": chosen["layer"],
@@ -192,12 +204,34 @@ def evaluate(run_dir: Path, data_dir: Path, threads: int = 0) -> dict:
         metrics["entropy"] = train["final"]["entropy"]
     semi = p["eval"]["semi"]
     if semi["fractions"]:
-        metrics["semi_protocol"] = (f"fine-tune encoder + head up to layer {semi['from_layer']} + new linear layer "
-                                    f"on a class-balanced label subset, ops {semi['ops']}; test top-1")
         metrics["semi"] = {f"{f:g}": round(fine_tune(run_dir, p, xtr, ytr, xte, yte, norm, device, f), 3)
                            for f in semi["fractions"]}
-    metrics["params"] = p
+    metrics["provenance"] = provenance.record(device, torch.get_num_threads(), time.perf_counter() - wall0)
+    metrics["provenance"]["pretrain_code_version"] = train["provenance"]["code_version"]
     return metrics
+
+
+def protocol(p: dict) -> str:
+    """The protocol of the numbers in metrics.json, in words (stated in tables and the README)."""
+    text = PROTOCOL
+    semi = p["eval"]["semi"]
+    if semi["fractions"]:
+        text += (f"; semi-supervised: fine-tune encoder + head up to layer {semi['from_layer']} + new linear layer "
+                 f"on a class-balanced label subset, ops {semi['ops']}; test top-1")
+    return text
+
+
+def write(metrics: dict, p: dict, out_dir: Path) -> None:
+    """out_dir/metrics.json (numbers, ids and the code version), out_dir/params.yaml (the params that
+    ran) and out_dir/provenance.json (everything needed to rerun it)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    params.dump(p, out_dir / "params.yaml")
+    full = metrics["provenance"]
+    write_json(full, out_dir / "provenance.json")
+    write_json({**metrics, "provenance": {**provenance.compact(full),
+                                          "pretrain_code_version": full["pretrain_code_version"]}},
+               out_dir / "metrics.json")
 
 
 def write_json(obj: dict, path: Path) -> None:

@@ -12,11 +12,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from . import studies  # noqa: E402
+from . import params, studies  # noqa: E402
 from .plots import save  # noqa: E402
 from .tables import METRICS  # noqa: E402
 
-PAPER = Path(__file__).resolve().parents[2] / "workflow" / "resources" / "paper"
+PAPER = params.PAPER_DIR
 YLABEL = "linear-eval top-1 (%)"
 
 

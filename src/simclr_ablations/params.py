@@ -9,14 +9,28 @@ ranges. Everything downstream receives the resolved, validated dict.
 
 from __future__ import annotations
 
-import copy
+import difflib
+import functools
 import hashlib
 import json
+import pickle
 from pathlib import Path
 
 import yaml
 
-PARAMS_DIR = Path(__file__).resolve().parents[2] / "params"
+
+def _resource(checkout: str, packaged: str, probe: str) -> Path:
+    """A data folder of the source checkout (editable install, Snakemake, DVC), else the copy that a
+    regular `pip install .` ships inside the package (pyproject.toml, package-data)."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parents[1] / checkout, here / "resources" / packaged):
+        if (candidate / probe).is_file():
+            return candidate
+    raise FileNotFoundError(f"{checkout}/{probe} is neither in the source checkout nor in the package at {here}")
+
+
+PARAMS_DIR = _resource("params", "params", "default.yaml")
+PAPER_DIR = _resource("workflow/resources/paper", "paper", "SOURCE.md")  # the paper's reference tables
 
 AUG_OPS = ("crop", "cutout", "color", "sobel", "noise", "blur", "rotate")
 DEPTHS = (10, 18, 34, 50, 101, 152)
@@ -126,6 +140,22 @@ def _read_yaml(path: Path) -> dict:
     return data
 
 
+@functools.cache
+def _read_cached(path: str, mtime_ns: int, size: int) -> dict:
+    return _read_yaml(Path(path))
+
+
+def _copy(obj):
+    """A deep copy of plain data (dicts, lists, scalars), much faster than copy.deepcopy."""
+    return pickle.loads(pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def read_yaml(path: Path) -> dict:
+    """A params file, parsed once per process (and again only if it changes on disk)."""
+    st = Path(path).stat()
+    return _copy(_read_cached(str(path), st.st_mtime_ns, st.st_size))
+
+
 def presets() -> list[str]:
     return sorted(p.stem for p in (PARAMS_DIR / "presets").glob("*.yaml"))
 
@@ -136,7 +166,9 @@ def _merge(base: dict, override: dict, schema: dict, source: str, prefix: str = 
         path = f"{prefix}{key}"
         if key not in schema:
             allowed = ", ".join(sorted(schema))
-            raise ParamsError(f"{source}: unknown key '{path}'. Allowed here: {allowed}")
+            near = difflib.get_close_matches(str(key), list(schema), n=1)
+            hint = f" Did you mean '{prefix}{near[0]}'?" if near else ""
+            raise ParamsError(f"{source}: unknown key '{path}'.{hint} Allowed here: {allowed}")
         if isinstance(schema[key], dict):
             if not isinstance(value, dict):
                 raise ParamsError(f"{source}: '{path}' must be a mapping of {sorted(schema[key])}, got {value!r}")
@@ -242,24 +274,29 @@ def parse_setting(text: str) -> dict:
     return out
 
 
+@functools.cache
+def _parsed_setting(text: str) -> dict:
+    return parse_setting(text)
+
+
 def load(preset: str | None = None, files: list[str | Path] = (), settings: list[str] = ()) -> dict:
     """Resolve params: default <- preset <- files <- settings, then validate."""
-    schema = _read_yaml(PARAMS_DIR / "default.yaml")
-    params = copy.deepcopy(schema)
+    schema = read_yaml(PARAMS_DIR / "default.yaml")
+    params = _copy(schema)
     layers = []
     for f in files:
-        data = _read_yaml(Path(f))
+        data = read_yaml(Path(f))
         if "preset" in data:
             named = data.pop("preset")
             if preset is None:
                 preset = named
         layers.append((str(f), data))
-    layers += [(f"setting {s!r}", parse_setting(s)) for s in settings]
+    layers += [(f"setting {s!r}", _copy(_parsed_setting(s))) for s in settings]
     if preset:
         path = PARAMS_DIR / "presets" / f"{preset}.yaml"
         if not path.exists():
             raise ParamsError(f"'preset' = {preset!r}: allowed presets are {', '.join(presets())}")
-        layers.insert(0, (str(path), _read_yaml(path)))
+        layers.insert(0, (str(path), read_yaml(path)))
     for source, data in layers:
         _merge(params, data, schema, source)
     _validate(params, schema)
@@ -268,8 +305,8 @@ def load(preset: str | None = None, files: list[str | Path] = (), settings: list
 
 def from_resolved(data: dict) -> dict:
     """Validate an already-resolved params dict (e.g. one stored beside a run)."""
-    schema = _read_yaml(PARAMS_DIR / "default.yaml")
-    params = copy.deepcopy(schema)
+    schema = read_yaml(PARAMS_DIR / "default.yaml")
+    params = _copy(schema)
     _merge(params, data, schema, "resolved params")
     _validate(params, schema)
     return params
@@ -283,6 +320,65 @@ def digest(obj) -> str:
 def data_params(p: dict) -> dict:
     """The part of the params that determines the prepared dataset."""
     return p["data"]
+
+
+# Run identities. A pretraining is named by everything that can change its trained weights; an
+# evaluation by its pretraining plus the evaluation settings, so runs that differ only in how they
+# are evaluated share one pretraining (in the Snakemake grid and under `dvc exp run`).
+METHOD_BLOCKS = ("moco", "byol", "simsiam", "wcl")
+# runtime keys that change the numbers: CPU kernels reduce in a thread-count-dependent order, and
+# bf16 autocast changes CUDA results. device, progress, compile, channels_last and checkpoint_every
+# do not enter the identity (the device is recorded in every result's provenance).
+RUNTIME_IDENTITY = ("threads", "amp")
+
+
+def pretrain_params(p: dict) -> dict:
+    """The params that can change a pretraining's weights. Left out: evaluation, runtime keys outside
+    RUNTIME_IDENTITY, and keys the configuration does not read (the head's size when there is no
+    head, the loss of the supervised baseline, the settings of augmentations and methods not in use)."""
+    q = _copy({k: v for k, v in p.items() if k not in ("runtime", "eval")})
+    q["runtime"] = {k: p["runtime"][k] for k in RUNTIME_IDENTITY}
+    head, t, aug = q["head"], q["pretrain"], q["augment"]
+    if head["type"] != "mlp":
+        q["head"] = {"type": "none"} if head["type"] == "none" else {"type": "linear", "out_dim": head["out_dim"]}
+    for name in METHOD_BLOCKS:
+        if q["method"] != name:
+            del q[name]
+    if q["method"] == "supervised":
+        del q["head"]
+        for key in ("loss", "temperature", "l2_normalize", "margin", "semi_hard"):
+            del t[key]
+    elif t["loss"] != "margin_triplet":
+        del t["margin"], t["semi_hard"]
+    used = set(aug["ops"]) | ({"crop"} if aug["branches"] == "one" else set())
+    for op in AUG_OPS:
+        if op not in used:
+            del aug[op]
+    if aug["branches"] == "both":
+        del aug["base_crop_scale"]
+    return q
+
+
+def eval_params(p: dict) -> dict:
+    """The evaluation settings that can change an evaluation's numbers (given its pretraining)."""
+    e = _copy(p["eval"])
+    if p["method"] == "supervised":
+        del e["feature_layer"]
+    if e["semi"]["fractions"]:
+        e["semi"]["augment"] = {op: p["augment"][op] for op in e["semi"]["ops"]}
+    else:
+        del e["semi"]
+    return e
+
+
+def pretrain_id(p: dict) -> str:
+    """Name of the pretraining p describes: runs/<...>/<pretrain_id>/model.pt."""
+    return digest(pretrain_params(p))
+
+
+def eval_id(p: dict) -> str:
+    """Name of the evaluation p describes: its pretraining plus its evaluation settings."""
+    return digest({"pretrain": pretrain_id(p), "eval": eval_params(p)})
 
 
 def dump(p: dict, path: Path) -> None:

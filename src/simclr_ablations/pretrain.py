@@ -10,7 +10,6 @@ rerun of a killed job continues from the last one.
 
 from __future__ import annotations
 
-import copy
 import csv
 import json
 import os
@@ -21,45 +20,16 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import augment, data, methods, models, optim, params
+from . import augment, data, methods, models, optim, params, provenance
 
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN/inf; the last good checkpoint is kept."""
 
 
-def canonical(p: dict) -> dict:
-    """The params that can change a run's results: `runtime` (threads, device...) and keys the
-    configuration does not read (the head's size when there is no head, the loss of the supervised
-    baseline, the settings of augmentations and methods not in use, semi-supervised evaluation when
-    no label fraction is asked for) are left out."""
-    q = copy.deepcopy({k: v for k, v in p.items() if k != "runtime"})
-    head, t, aug = q["head"], q["pretrain"], q["augment"]
-    if head["type"] != "mlp":
-        q["head"] = {"type": "none"} if head["type"] == "none" else {"type": "linear", "out_dim": head["out_dim"]}
-    for name in ("moco", "byol", "simsiam", "wcl"):
-        if q["method"] != name:
-            del q[name]
-    if not q["eval"]["semi"]["fractions"]:
-        del q["eval"]["semi"]
-    if q["method"] == "supervised":
-        del q["head"], q["eval"]["feature_layer"]
-        for key in ("loss", "temperature", "l2_normalize", "margin", "semi_hard"):
-            del t[key]
-    elif t["loss"] != "margin_triplet":
-        del t["margin"], t["semi_hard"]
-    used = set(aug["ops"]) | ({"crop"} if aug["branches"] == "one" else set())
-    for op in augment.OPS:
-        if op not in used:
-            del aug[op]
-    if aug["branches"] == "both":
-        del aug["base_crop_scale"]
-    return q
-
-
 def run_id(p: dict) -> str:
-    """Runs are identified by the digest of their canonical params."""
-    return params.digest(canonical(p))
+    """A pretraining is named by params.pretrain_id (evaluation settings are not part of it)."""
+    return params.pretrain_id(p)
 
 
 def setup(p: dict, threads: int = 0) -> torch.device:
@@ -99,6 +69,7 @@ def build_model(p: dict, classes: int) -> torch.nn.Module:
 
 def train(p: dict, data_dir: Path, out_dir: Path, threads: int = 0, log=print) -> dict:
     """Pretrain the model `p` describes on the prepared data; write out_dir/model.pt when complete."""
+    wall0 = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = setup(p, threads)
@@ -215,8 +186,11 @@ def train(p: dict, data_dir: Path, out_dir: Path, threads: int = 0, log=print) -
         "params_count": models.count_params(model),
         "encoder_params": models.count_params(model.encoder),
     }
+    prov = provenance.record(device, torch.get_num_threads(), time.perf_counter() - wall0)
+    summary["provenance"] = provenance.compact(prov)
     _write_history(history, out_dir / "history.csv")
     params.dump(p, out_dir / "params.yaml")
+    (out_dir / "provenance.json").write_text(json.dumps(prov, indent=2))
     (out_dir / "train.json").write_text(json.dumps(summary, indent=2))
     save_atomic({"run_id": rid, "params": p, "model": model.state_dict(), "classes": len(meta["classes"]),
                  "summary": summary}, out_dir / "model.pt")

@@ -1,8 +1,10 @@
 """Expand the studies of params/studies.yaml into runs, identified by their resolved params.
 
 The Snakefile and the table/figure commands both call `expand`, so they always agree on which
-runs make up a study. A run's identity is the digest of its resolved params (pretrain.run_id):
-a configuration shared by several studies, or by several presets, is trained once.
+runs make up a study. A run has two identities (params.py): its pretraining (`id`, the digest of
+everything that changes the trained weights) and its evaluation (`eval_id`, the pretraining plus
+the eval settings). A pretraining shared by several studies or presets, or by cells that differ
+only in how they are evaluated, is trained once. This module does not import torch.
 """
 
 from __future__ import annotations
@@ -10,12 +12,10 @@ from __future__ import annotations
 import itertools
 import shlex
 from dataclasses import dataclass, field
-from functools import cache
 
 import yaml
 
 from . import params
-from .pretrain import run_id
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,11 @@ class Run:
     seed: int
     settings: tuple[str, ...]  # key=value, applied on top of the preset
     params: dict = field(compare=False, hash=False, repr=False)
-    id: str = ""
+    id: str = ""  # pretraining id: runs/<...>/<id>/model.pt
+    eval_id: str = ""  # evaluation id: runs/<...>/<id>/eval/<eval_id>/metrics.json
+
+    def metrics_path(self, runs_dir) -> str:
+        return f"{runs_dir}/{self.id}/eval/{self.eval_id}/metrics.json"
 
     def labels(self) -> dict:
         return dict(self.cell)
@@ -34,13 +38,8 @@ class Run:
         return " ".join(["--preset", shlex.quote(preset)] + [f"--set {shlex.quote(s)}" for s in self.settings])
 
 
-@cache
-def _spec_text() -> str:
-    return (params.PARAMS_DIR / "studies.yaml").read_text()
-
-
 def spec() -> dict:
-    return yaml.safe_load(_spec_text())
+    return params.read_yaml(params.PARAMS_DIR / "studies.yaml")
 
 
 def names() -> list[str]:
@@ -94,15 +93,23 @@ def expand(preset: str, study: str | None = None, extra: tuple[str, ...] = (), n
                     p = params.load(preset, settings=list(settings))
                 except params.ParamsError as e:
                     raise params.ParamsError(f"study {name!r}, cell {dict(cell)}: {e}") from e
-                runs.append(Run(name, cell, seed, settings, p, run_id(p)))
+                runs.append(Run(name, cell, seed, settings, p, params.pretrain_id(p), params.eval_id(p)))
     return runs
 
 
 def unique(runs: list[Run]) -> dict[str, Run]:
-    """One Run per id (the first study that asks for it)."""
+    """One Run per pretraining id (the first study that asks for it)."""
     out: dict[str, Run] = {}
     for r in runs:
         out.setdefault(r.id, r)
+    return out
+
+
+def unique_evals(runs: list[Run]) -> dict[tuple[str, str], Run]:
+    """One Run per (pretraining id, evaluation id)."""
+    out: dict[tuple[str, str], Run] = {}
+    for r in runs:
+        out.setdefault((r.id, r.eval_id), r)
     return out
 
 

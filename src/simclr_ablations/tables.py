@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 import pandas as pd
+import yaml
 
 from . import studies
 
@@ -34,13 +35,25 @@ def _bench_seconds(path: Path) -> float:
     return float(pd.read_csv(path, sep="\t")["s"].sum())
 
 
+# Provenance columns of every row (provenance.record); rows of one table made by different code
+# versions are flagged (`code_versions`).
+PROVENANCE = ["code_version", "torch", "cuda", "device", "threads"]
+
+
+def code_versions(df: pd.DataFrame) -> list[str]:
+    """The distinct code versions (pretraining and evaluation) behind a runs table."""
+    cols = [c for c in ("code_version", "pretrain_code_version") if c in df.columns]
+    return sorted({v for c in cols for v in df[c].dropna().astype(str)})
+
+
 def collect(runs: list[studies.Run], runs_dir: Path) -> pd.DataFrame:
     rows = []
     for r in runs:
         d = Path(runs_dir) / r.id
-        m = json.loads((d / "metrics.json").read_text())
+        e = Path(r.metrics_path(runs_dir)).parent
+        m = json.loads((e / "metrics.json").read_text())
         layers = m["by_layer"]
-        row = dict(r.labels(), seed=r.seed, run_id=r.id, objective=r.params["method"])
+        row = dict(r.labels(), seed=r.seed, run_id=r.id, eval_id=r.eval_id, objective=r.params["method"])
         row["top1"] = m.get("supervised_top1", m["linear_top1"])
         row["top1_h"], row["top1_gh"] = layers[0]["linear_top1"], layers[-1]["linear_top1"]
         row["knn_top1"] = layers[0]["knn_top1"]
@@ -48,11 +61,13 @@ def collect(runs: list[studies.Run], runs_dir: Path) -> pd.DataFrame:
         row["entropy"] = m.get("entropy", float("nan"))
         row["encoder_params"] = m["encoder_params"]
         row["train_seconds"] = m["train_seconds"]
-        row["wall_seconds"] = _bench_seconds(d / "pretrain.bench.tsv") + _bench_seconds(d / "evaluate.bench.tsv")
+        row["wall_seconds"] = _bench_seconds(d / "pretrain.bench.tsv") + _bench_seconds(e / "evaluate.bench.tsv")
         for fraction, top1 in m.get("semi", {}).items():
             row[semi_column(float(fraction))] = top1
+        row.update({k: m["provenance"].get(k, "") for k in PROVENANCE})
+        row["pretrain_code_version"] = m["provenance"].get("pretrain_code_version", "")
         row["settings"] = " ".join(r.settings)
-        row["params"] = json.dumps(m["params"], sort_keys=True)
+        row["params"] = json.dumps(yaml.safe_load((e / "params.yaml").read_text()), sort_keys=True)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -167,7 +182,12 @@ def write(preset: str, study: str, runs_dir: Path, out_dir: Path, extra: tuple[s
     if study == "losses":
         md += ["Best setting per loss (as the paper's Table 4 reports):", "", _md(best_per_loss(agg)), ""]
     cost = df["wall_seconds"].where(df["wall_seconds"].notna(), df["train_seconds"])
-    md += [f"Cost: {len(df)} runs ({df['run_id'].nunique()} distinct), {cost.sum() / 60:.1f} min of job time."]
+    md += [f"Cost: {len(df)} runs ({df['run_id'].nunique()} distinct pretrainings), {cost.sum() / 60:.1f} min of "
+           "job time."]
+    versions = code_versions(df)
+    md += ["", f"Code version: {versions[0]}." if len(versions) == 1 else
+           f"**Warning: the rows were made by {len(versions)} code versions** ({', '.join(versions)}); see the "
+           "`code_version` column of the runs table."]
     for name, frame in ((f"{study}.csv", agg), (f"{study}_runs.csv", df)):
         tmp = out_dir / f".{name}.tmp"
         frame.to_csv(tmp, index=False)

@@ -1,12 +1,13 @@
-# Which runs exist: every study of params/studies.yaml expanded for the preset, each run
-# identified by the digest of its resolved params (shared runs are trained once).
+# Which runs exist: every study of params/studies.yaml expanded for the preset. A pretraining is
+# named by the digest of what changes its weights, an evaluation by that plus its eval settings
+# (params.py), so a pretraining shared by several cells or studies is trained once.
+import os
 import shlex
 
 from snakemake.exceptions import WorkflowError
 
 from simclr_ablations import params as P
-from simclr_ablations import studies
-
+from simclr_ablations import provenance, studies
 
 PRESET = config["preset"]
 EXTRA = []
@@ -21,24 +22,40 @@ STUDIES = list(config["studies"]) or studies.names()
 try:
     unknown = sorted(set(STUDIES) - set(studies.names()))
     if unknown:
-        raise P.ParamsError(f"'studies' names unknown studies {unknown}; allowed: {studies.names()}")
-    P.load(PRESET, settings=list(EXTRA))
-    RUNS = {study: studies.expand(PRESET, study, EXTRA, config["seeds"]) for study in STUDIES}
+        raise P.ParamsError(
+            f"'studies' names unknown studies {unknown}; allowed: {studies.names()}"
+        )
+    BASE = P.load(PRESET, settings=list(EXTRA))
+    RUNS = {
+        study: studies.expand(PRESET, study, EXTRA, config["seeds"])
+        for study in STUDIES
+    }
 except P.ParamsError as e:
-    raise WorkflowError(f"invalid configuration (preset={PRESET!r}, dataset={config['dataset']!r}): {e}")
+    raise WorkflowError(
+        f"invalid configuration (preset={PRESET!r}, dataset={config['dataset']!r}): {e}"
+    )
 
-DATASET = config["dataset"] or P.load(PRESET)["data"]["dataset"]
+DATASET = BASE["data"]["dataset"]
 TAG = PRESET if not config["dataset"] else f"{PRESET}-{config['dataset']}"
 RESULTS = f"results/{TAG}"
-UNIQUE = studies.unique([r for runs in RUNS.values() for r in runs])
+ALL = [r for runs in RUNS.values() for r in runs]
+UNIQUE = studies.unique(ALL)
+EVALS = studies.unique_evals(ALL)
 DATA_OF = {rid: P.digest(r.params["data"]) for rid, r in UNIQUE.items()}
 DATA_ARGS = {
-    DATA_OF[rid]: " ".join(f"--set {shlex.quote(s)}" for s in studies.data_settings(r.params))
+    DATA_OF[rid]: " ".join(
+        f"--set {shlex.quote(s)}" for s in studies.data_settings(r.params)
+    )
     for rid, r in UNIQUE.items()
 }
 RES = config["resources"].get(PRESET, config["resources"]["default"])
+# Threads are part of a run's identity (CPU results depend on them): the preset's runtime.threads.
+THREADS = BASE["runtime"]["threads"] or RES["threads"]
 EXTRA_ARGS = " ".join(f"--extra {shlex.quote(s)}" for s in EXTRA)
 CAPTION = f"preset {PRESET}, dataset {DATASET}"
+# Rerun a stage when the source of the modules its command runs changes (the `params` trigger).
+CODE = {stage: provenance.stage_hash(stage) for stage in provenance.STAGES}
+ENV = "../../environment.yml"
 
 ALL_OUTPUTS = (
     expand(f"{RESULTS}/tables/{{study}}.{{ext}}", study=STUDIES, ext=["csv", "md"])
@@ -49,5 +66,6 @@ ALL_OUTPUTS = (
 
 wildcard_constraints:
     run="[0-9a-f]{12}",
+    ev="[0-9a-f]{12}",
     data_id="[0-9a-f]{12}",
     study="|".join(STUDIES),

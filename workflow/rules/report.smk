@@ -3,20 +3,26 @@
 
 rule table:
     input:
-        lambda wc: [f"runs/grid/{r.id}/metrics.json" for r in RUNS[wc.study]],
+        lambda wc: [r.metrics_path("runs/grid") for r in RUNS[wc.study]],
     output:
         csv=f"{RESULTS}/tables/{{study}}.csv",
         runs=f"{RESULTS}/tables/{{study}}_runs.csv",
         md=f"{RESULTS}/tables/{{study}}.md",
-    params:
-        extra=EXTRA_ARGS,
-        seeds=config["seeds"],
     log:
         f"logs/{TAG}/table_{{study}}.log",
     localrule: True
+    conda:
+        ENV
+    params:
+        preset=PRESET,
+        extra=EXTRA_ARGS,
+        seeds=config["seeds"],
+        out=lambda wc, output: os.path.dirname(output.csv),
+        caption=f", dataset {DATASET}",
+        code=CODE["table"],
     shell:
-        "simclr-ablations table --preset {PRESET} --study {wildcards.study} --runs runs/grid"
-        " --out-dir {RESULTS}/tables {params.extra} --seeds {params.seeds} --caption ', dataset {DATASET}'"
+        "simclr-ablations table --preset {params.preset} --study {wildcards.study} --runs runs/grid"
+        " --out-dir {params.out} {params.extra} --seeds {params.seeds} --caption '{params.caption}'"
         " > {log} 2>&1"
 
 
@@ -35,31 +41,56 @@ rule figure:
     log:
         f"logs/{TAG}/figure_{{study}}.log",
     localrule: True
+    conda:
+        ENV
+    params:
+        tables=lambda wc, input: os.path.dirname(input[0]),
+        caption=CAPTION,
+        code=CODE["figure"],
     shell:
-        "simclr-ablations figure --study {wildcards.study} --tables {RESULTS}/tables --out {output.png}"
-        " --caption '{CAPTION}' > {log} 2>&1"
+        "simclr-ablations figure --study {wildcards.study} --tables {params.tables} --out {output.png}"
+        " --caption '{params.caption}' > {log} 2>&1"
 
 
 rule findings:
     input:
         expand(f"{RESULTS}/tables/{{study}}_runs.csv", study=STUDIES),
     output:
-        report(f"{RESULTS}/README.md", caption="../report/findings.rst", category="Findings"),
-        f"{RESULTS}/findings.csv",
+        md=report(
+            f"{RESULTS}/README.md",
+            caption="../report/findings.rst",
+            category="Findings",
+        ),
+        csv=f"{RESULTS}/findings.csv",
     log:
         f"logs/{TAG}/findings.log",
     localrule: True
+    conda:
+        ENV
+    params:
+        tables=lambda wc, input: os.path.dirname(input[0]),
+        preset=PRESET,
+        dataset=DATASET,
+        code=CODE["findings"],
     shell:
-        "simclr-ablations findings --tables {RESULTS}/tables --out {RESULTS}/README.md --preset {PRESET}"
-        " --dataset {DATASET} > {log} 2>&1"
+        "simclr-ablations findings --tables {params.tables} --out {output.md} --preset {params.preset}"
+        " --dataset {params.dataset} > {log} 2>&1"
 
 
 rule record:
     """Version what the grid made in DVC and push it to the default remote: one step, after the grid,
     because DVC takes a repository lock. `snakemake -c1 record --config preset=...`; on a fresh clone,
-    `dvc pull data/grid.dvc runs/grid.dvc results/<preset>.dvc` then `snakemake --touch` restores it."""
+    `dvc pull data/grid.dvc runs/grid.dvc results/<preset>.dvc` then `snakemake --touch` restores it.
+    """
     input:
         ALL_OUTPUTS,
+    log:
+        f"logs/{TAG}/record.log",
     localrule: True
+    conda:
+        ENV
+    params:
+        results=lambda wc, input: os.path.dirname(os.path.dirname(input[0])),
     shell:
-        "dvc add data/grid runs/grid {RESULTS} && dvc push data/grid.dvc runs/grid.dvc {RESULTS}.dvc"
+        "(dvc add data/grid runs/grid {params.results}"
+        " && dvc push data/grid.dvc runs/grid.dvc {params.results}.dvc) > {log} 2>&1"

@@ -1,39 +1,51 @@
-# Data preparation, pretraining and evaluation of one run. Pretraining resumes from
+# Data preparation, pretraining and evaluation. Pretraining resumes from
 # runs/grid/<run>/checkpoint.pt (not a declared output, so Snakemake never deletes it) after a
-# kill, a failure or a Slurm requeue; model.pt and metrics.json appear only when complete.
+# kill, a failure or a Slurm requeue; outputs appear only when complete. An evaluation lives
+# under its pretraining: runs/grid/<run>/eval/<ev>/.
 
 
 rule prepare:
     output:
         directory("data/grid/{data_id}"),
-    params:
-        args=lambda wc: DATA_ARGS[wc.data_id],
     log:
         "logs/prepare/{data_id}.log",
     localrule: True
+    conda:
+        ENV
+    params:
+        preset=PRESET,
+        args=lambda wc: DATA_ARGS[wc.data_id],
+        code=CODE["prepare"],
     shell:
-        "simclr-ablations prepare --preset {PRESET} {params.args} --out {output} > {log} 2>&1"
+        "simclr-ablations prepare --preset {params.preset} {params.args} --out {output} > {log} 2>&1"
 
 
 rule pretrain:
     input:
         data=lambda wc: f"data/grid/{DATA_OF[wc.run]}",
     output:
-        "runs/grid/{run}/model.pt",
-    params:
-        args=lambda wc: UNIQUE[wc.run].cli_args(PRESET),
+        model="runs/grid/{run}/model.pt",
+        params="runs/grid/{run}/params.yaml",
+        train="runs/grid/{run}/train.json",
+        history="runs/grid/{run}/history.csv",
+        provenance="runs/grid/{run}/provenance.json",
     log:
         "runs/grid/{run}/pretrain.log",
     benchmark:
         "runs/grid/{run}/pretrain.bench.tsv"
-    threads: RES["threads"]
+    conda:
+        ENV
+    threads: THREADS
     resources:
         gpu=RES["gpu"],
         mem_mb=RES["mem_mb"],
         runtime=RES["runtime"],
+    params:
+        args=lambda wc: UNIQUE[wc.run].cli_args(PRESET),
+        code=CODE["pretrain"],
     shell:
         "simclr-ablations pretrain {params.args} --data {input.data} --out runs/grid/{wildcards.run}"
-        " --threads {threads} >> {log} 2>&1"
+        " >> {log} 2>&1"
 
 
 rule evaluate:
@@ -41,16 +53,23 @@ rule evaluate:
         model="runs/grid/{run}/model.pt",
         data=lambda wc: f"data/grid/{DATA_OF[wc.run]}",
     output:
-        "runs/grid/{run}/metrics.json",
+        metrics="runs/grid/{run}/eval/{ev}/metrics.json",
+        params="runs/grid/{run}/eval/{ev}/params.yaml",
+        provenance="runs/grid/{run}/eval/{ev}/provenance.json",
     log:
-        "runs/grid/{run}/evaluate.log",
+        "runs/grid/{run}/eval/{ev}/evaluate.log",
     benchmark:
-        "runs/grid/{run}/evaluate.bench.tsv"
-    threads: RES["threads"]
+        "runs/grid/{run}/eval/{ev}/evaluate.bench.tsv"
+    conda:
+        ENV
+    threads: THREADS
     resources:
         gpu=RES["gpu"],
         mem_mb=RES["mem_mb"],
         runtime=max(10, RES["runtime"] // 4),
+    params:
+        args=lambda wc: EVALS[(wc.run, wc.ev)].cli_args(PRESET),
+        code=CODE["evaluate"],
     shell:
-        "simclr-ablations evaluate --run runs/grid/{wildcards.run} --data {input.data} --out {output}"
-        " --threads {threads} > {log} 2>&1"
+        "simclr-ablations evaluate {params.args} --run runs/grid/{wildcards.run} --data {input.data}"
+        " --out runs/grid/{wildcards.run}/eval/{wildcards.ev} > {log} 2>&1"
