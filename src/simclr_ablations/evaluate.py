@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from . import augment, data, optim, params, pretrain
+from . import augment, checkpoint, data, optim, params, pretrain
 
 PROTOCOL = ("linear eval: frozen encoder, features of un-augmented images, linear classifier trained "
             "with SGD-Nesterov; kNN: cosine, weighted vote")
@@ -154,11 +154,14 @@ def evaluate(run_dir: Path, data_dir: Path, threads: int = 0) -> dict:
     device = pretrain.setup(p, threads)
     model, _ = pretrain.load_model(run_dir, device)
     meta = data.load_meta(data_dir)
+    data.check_meta(meta, p, data_dir)
     classes = len(meta["classes"])
     norm = augment.Normalize(meta["mean"], meta["std"], p["augment"]["normalize"]).to(device)
     xtr, ytr = data.load_prepared(data_dir, "train")
     xte, yte = data.load_prepared(data_dir, "test")
     ftr, fte = extract(model, xtr, norm, device), extract(model, xte, norm, device)
+    for split, feats in (("train", ftr), ("test", fte)):
+        checkpoint.check_finite({f"layer {i}": f for i, f in enumerate(feats)}, f"{split} features of {run_dir}")
     e = p["eval"]
     by_layer = []
     for layer, (a, b) in enumerate(zip(ftr, fte)):
