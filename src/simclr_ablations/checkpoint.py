@@ -20,6 +20,7 @@ import errno
 import fcntl
 import io
 import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -87,6 +88,18 @@ def save_atomic(obj, path: Path) -> None:
     _write_bytes_atomic(buf.getvalue(), Path(path))
 
 
+def torch_save_file(obj, path: Path) -> None:
+    """torch.save straight to `path` (no copy in memory), a full disk reported as a UserError."""
+    try:
+        torch.save(obj, path)
+    except (RuntimeError, OSError) as err:
+        if getattr(err, "errno", None) == errno.ENOSPC or "unexpected pos" in str(err) or \
+                shutil.disk_usage(Path(path).parent).free < (1 << 20):
+            Path(path).unlink(missing_ok=True)
+            raise UserError(f"no space left on the device writing {path}; free some space and rerun") from err
+        raise
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     _write_bytes_atomic(text.encode(), Path(path))
 
@@ -118,6 +131,18 @@ def check_finite_modules(what: str, *modules) -> None:
     for m in modules:
         if m is not None:
             check_finite(dict(m.state_dict()), what)
+
+
+def check_features(model: torch.nn.Module, x: torch.Tensor, what: str) -> None:
+    """Features of a few fixed images at every head layer, in eval mode, must be finite (finite weights can
+    still overflow: one update at a huge lr leaves weights ~1e29 and every feature NaN)."""
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        h = model.encoder(x)
+        layers = model.head.layers_out(h) if hasattr(model, "head") else [h]
+    model.train(was)
+    check_finite({f"features at layer {i}": t.float() for i, t in enumerate(layers)}, what)
 
 
 def load_state(module: torch.nn.Module, state: dict, what: str) -> None:
@@ -192,6 +217,8 @@ class RunLock:
                           "wait for it to finish or use another --out") from None
         os.ftruncate(self.fd, 0)
         os.write(self.fd, str(os.getpid()).encode())
+        for stale in Path(folder).glob(".*.*.tmp"):  # left by a killed writer: nobody else writes here now
+            stale.unlink(missing_ok=True)
 
     def release(self) -> None:
         if self.fd is not None:

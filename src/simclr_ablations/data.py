@@ -216,7 +216,7 @@ def prepare(p: dict, out: Path) -> Path:
         os.chmod(tmp, 0o777 & ~umask)
         splits = {k: raw[k] for k in ("train", "test", "unlabeled") if k in raw}
         for split, (x, y) in splits.items():
-            torch.save({"images": x.contiguous(), "labels": y}, tmp / f"{split}.pt")
+            checkpoint.torch_save_file({"images": x.contiguous(), "labels": y}, tmp / f"{split}.pt")
         xf = splits["train"][0].float() / 255
         meta = {
             "dataset": d["dataset"],

@@ -222,7 +222,9 @@ def _train(p: dict, data_dir: Path, out_dir: Path, threads: int, log) -> dict:
         row.update({k: v_ / steps_per_epoch for k, v_ in sums.items()})
         history.append(row)
         log(" ".join(f"{k}={v_:.4g}" if isinstance(v_, float) else f"{k}={v_}" for k, v_ in row.items()))
-        checkpoint.check_finite_modules(f"model after epoch {epoch + 1}", model, method)
+        what = f"model after epoch {epoch + 1}"
+        checkpoint.check_finite_modules(what, model, method)
+        checkpoint.check_features(model, norm(augment.to_float(images[:16].to(device))), what)
         if (epoch + 1) % p["runtime"]["checkpoint_every"] == 0 or epoch + 1 == t["epochs"]:
             checkpoint.save_checkpoint({"run_id": rid, "epoch": epoch, "model": model.state_dict(),
                          "method": method.state_dict() if method is not None else None,
