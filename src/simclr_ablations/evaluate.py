@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 
 import torch
@@ -206,6 +205,4 @@ def evaluate(run_dir: Path, data_dir: Path, threads: int = 0) -> dict:
 def write_json(obj: dict, path: Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+    checkpoint.write_text_atomic(path, json.dumps(obj, indent=2))  # per-process temp name, removed on failure
