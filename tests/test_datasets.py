@@ -266,3 +266,102 @@ def test_imagefolder_missing(tmp_path):
     (tmp_path / "a" / "readme.txt").write_text("no images here")
     with pytest.raises(DatasetMissing, match=re.escape(str(tmp_path))):
         load_imagefolder(tmp_path, image_size=8, test_fraction=0.2, seed=0)
+
+
+# --- bad images and bad folders (issue 15): refused naming the culprit, or decoded correctly ---------
+
+def _folder_params(root: Path, *settings: str) -> dict:
+    from simclr_ablations import params
+
+    return params.load("smoke", settings=["data.dataset=imagefolder", f"data.root={root}", "data.image_size=8",
+                                          "data.imagefolder_test_fraction=0.5", *settings])
+
+
+def _classes(root: Path, counts: dict[str, int]) -> None:
+    for c, n in counts.items():
+        for k in range(n):
+            save(root / c / f"{k}.png", constant(8, 8, 10 * k))
+
+
+def test_16_bit_png_is_scaled_not_clipped(tmp_path):
+    for cls, value in (("a", 32896), ("b", 65535)):  # 32896 = 128 * 257
+        for k in range(2):
+            (tmp_path / cls).mkdir(exist_ok=True)
+            Image.fromarray(np.full((8, 8), value, dtype=np.uint16)).save(tmp_path / cls / f"{k}.png")
+    assert Image.open(tmp_path / "a" / "0.png").mode.startswith("I")
+    got = load_imagefolder(tmp_path, image_size=8, test_fraction=0.5, seed=0)
+    x = torch.cat([got["train"][0], got["test"][0]])
+    y = torch.cat([got["train"][1], got["test"][1]])
+    assert (x[y == 0] == 128).all() and (x[y == 1] == 255).all()
+
+
+def test_truncated_image_names_the_file(tmp_path, capsys):
+    from simclr_ablations import cli
+
+    _classes(tmp_path / "raw", {"a": 2, "b": 2})
+    bad = tmp_path / "raw" / "b" / "broken.jpg"
+    save(bad, np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8))
+    bad.write_bytes(bad.read_bytes()[: len(bad.read_bytes()) // 2])
+    code = cli.main(["prepare", "--preset", "smoke", "--set", "data.dataset=imagefolder", "--set",
+                     f"data.root={tmp_path / 'raw'}", "--set", "data.image_size=8", "--out", str(tmp_path / "d")])
+    err = capsys.readouterr().err
+    assert code == 2 and str(bad) in err and len(err.strip().splitlines()) <= 2, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw"]  # no output, no temp folder left
+
+
+@pytest.mark.parametrize("counts, words", [
+    ({"a": 5}, [">= 2 classes"]),
+    ({"a": 4, "b": 1}, ["'b'", "test split"]),
+])
+def test_unusable_folders_are_refused(tmp_path, counts, words):
+    from simclr_ablations import data
+
+    _classes(tmp_path / "raw", counts)
+    with pytest.raises(data.DataError) as err:
+        data.prepare(_folder_params(tmp_path / "raw"), tmp_path / "d")
+    assert all(w in str(err.value) for w in words) and str(tmp_path / "raw") in str(err.value), err.value
+    assert not (tmp_path / "d").exists()
+
+
+def test_two_image_classes_get_a_test_image(tmp_path):
+    _classes(tmp_path, {"a": 2, "b": 2, "c": 2})
+    got = load_imagefolder(tmp_path, image_size=8, test_fraction=0.2, seed=0)
+    assert torch.bincount(got["test"][1]).tolist() == [1, 1, 1] and torch.bincount(got["train"][1]).tolist() == [1] * 3
+
+
+def test_limits_are_class_balanced_and_drawn_before_decoding(tmp_path, monkeypatch):
+    from simclr_ablations import data, datasets
+
+    _classes(tmp_path / "raw", {"a": 8, "b": 8, "c": 8})  # read in class order: the first 6 would all be 'a'
+    decoded = []
+    real = datasets._decode
+    monkeypatch.setattr(datasets, "_decode", lambda path: decoded.append(path) or real(path))
+    out = data.prepare(_folder_params(tmp_path / "raw", "data.train_limit=6", "data.test_limit=3"), tmp_path / "d")
+    _, y = data.load_prepared(out, "train")
+    assert torch.bincount(y).tolist() == [2, 2, 2] and len(decoded) == 9
+    meta = data.load_meta(out)
+    assert meta["limits"]["train"] == 6 and meta["limits"]["seed"] == data.LIMIT_SEED
+    # in-memory datasets too (CIFAR is stored class-sorted here on purpose)
+    labels = torch.arange(10).repeat_interleave(50)
+    keep = data.balanced_subset(labels, 20)
+    assert torch.bincount(labels[keep]).tolist() == [2] * 10
+    assert torch.equal(keep, data.balanced_subset(labels, 20))
+
+
+def test_test_limit_below_the_class_count_is_refused(tmp_path):
+    from simclr_ablations import data, params
+
+    p = params.load("smoke", settings=["data.test_limit=5"])
+    with pytest.raises(data.DataError, match="test split has no image of class"):
+        data.prepare(p, tmp_path / "d")
+
+
+def test_fingerprint_follows_the_folder_contents(tmp_path):
+    from simclr_ablations import data
+
+    _classes(tmp_path, {"a": 2, "b": 2})
+    d = _folder_params(tmp_path)["data"]
+    before = data.fingerprint(d)
+    assert data.fingerprint(d) == before
+    _classes(tmp_path, {"c": 2})
+    assert data.fingerprint(d) != before

@@ -8,6 +8,7 @@ Every command that needs params takes the same three sources: `--preset NAME`, `
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 from pathlib import Path
@@ -42,6 +43,7 @@ def _version() -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="simclr-ablations", description=__doc__)
     ap.add_argument("--version", action="version", version=_version())
+    ap.add_argument("--debug", action="store_true", help="show the traceback of a user error too")
     sub = ap.add_subparsers(dest="cmd", required=True)
 
     sp = sub.add_parser("params", help="print the resolved, validated params (YAML), or one key of them")
@@ -97,9 +99,29 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         return _dispatch(args)
-    except params.ParamsError as e:
-        print(f"simclr-ablations: invalid params: {e}", file=sys.stderr)
+    except Exception as e:
+        message = user_error(e)
+        if message is None or args.debug:
+            raise
+        print(f"simclr-ablations {args.cmd}: {message}", file=sys.stderr)
         return 2
+
+
+def user_error(e: BaseException) -> str | None:
+    """The one- or two-line message of a user error (bad params, data, files, disk), None for a bug."""
+    from . import checkpoint
+
+    if isinstance(e, params.ParamsError):
+        return f"invalid params: {e}"
+    if isinstance(e, checkpoint.UserError):
+        return str(e)
+    if type(e).__name__ in ("TrainingDiverged", "DatasetMissing", "BadImage"):
+        return str(e)
+    if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+        return f"no space left on the device ({e.filename or 'writing outputs'}); free some space and rerun"
+    if isinstance(e, OSError) and e.filename is not None:
+        return f"{e.strerror}: {e.filename}"
+    return None
 
 
 def _dispatch(args) -> int:

@@ -15,6 +15,7 @@ and meta.json (classes, channel mean/std, the params that made it) atomically.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -23,6 +24,8 @@ import tempfile
 from pathlib import Path
 
 import torch
+
+from . import checkpoint, params
 
 SHAPES = ("h_stripes", "v_stripes", "diag_stripes", "antidiag_stripes", "checker", "rings", "disk", "square",
           "cross", "dots", "triangle", "annulus", "x_cross", "wavy", "grid", "half_plane", "spiral", "diamond",
@@ -101,72 +104,185 @@ def synthetic(classes: int, size: int, n: int, seed: int) -> tuple[torch.Tensor,
     return (images * 255).round().to(torch.uint8), labels
 
 
+MARKER = ".simclr-ablations-prepared"  # proves a folder was written by `prepare` (and may be replaced)
+LIMIT_SEED = 0  # the seed of the class-balanced train_limit / test_limit subsets (recorded in meta.json)
+
+
+class DataError(checkpoint.UserError):
+    """The dataset on disk, or the prepared folder, does not fit the params."""
+
+
+def balanced_subset(labels: torch.Tensor, limit: int, seed: int = LIMIT_SEED) -> torch.Tensor:
+    """Sorted indices of `limit` items drawn class by class in turn (each class shuffled with `seed`)."""
+    if not limit or limit >= labels.numel():
+        return torch.arange(labels.numel())
+    g = torch.Generator().manual_seed(seed)
+    rank = torch.empty(labels.numel(), dtype=torch.int64)
+    for c in labels.unique(sorted=True):
+        idx = torch.nonzero(labels == c).flatten()
+        rank[idx[torch.randperm(idx.numel(), generator=g)]] = torch.arange(idx.numel())
+    order = sorted(range(labels.numel()), key=lambda i: (int(rank[i]), int(labels[i])))
+    return torch.tensor(order[:limit]).sort().values
+
+
+def validate_splits(classes: list, y_train: torch.Tensor, y_test: torch.Tensor, where: str) -> None:
+    """At least 2 classes, and every class present in both the training and the test split."""
+    if len(classes) < 2:
+        raise DataError(f"{where}: found {len(classes)} class(es) {classes}; classification needs >= 2 classes")
+    for split, y in (("train", y_train), ("test", y_test)):
+        counts = torch.bincount(y[y >= 0], minlength=len(classes))
+        empty = [classes[i] for i in torch.nonzero(counts == 0).flatten().tolist()]
+        if empty:
+            raise DataError(f"{where}: the {split} split has no image of class(es) {empty[:5]}; every class needs "
+                            f">= 1 {split} image (add images, or raise data.{split}_limit / "
+                            "data.imagefolder_test_fraction)")
+
+
+def fingerprint(d: dict) -> str:
+    """A digest of the data the params read: the synthetic params, or the bytes of every file under data.root."""
+    if d["dataset"] == "synthetic":
+        return params.digest({"synthetic": d["synthetic"], "image_size": d["image_size"]})
+    root = Path(d["root"])
+    h = hashlib.sha256()
+    for f in sorted(q for q in root.rglob("*") if q.is_file() and not q.name.startswith(".")):
+        h.update(str(f.relative_to(root)).encode() + b"\0")
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()[:16]
+
+
 def load_raw(d: dict) -> dict:
-    """{'train': (x, y), 'test': (x, y), 'classes': [...]} for the dataset the data params name."""
+    """{'train': (x, y), 'test': (x, y), 'classes': [...]} for the dataset the data params name,
+    limited to the class-balanced train_limit / test_limit subsets (drawn before any decoding)."""
     name = d["dataset"]
+    limits = {"train": d["train_limit"], "test": d["test_limit"]}
     if name == "synthetic":
         s = d["synthetic"]
-        return {
+        out = {
             "train": synthetic(s["classes"], d["image_size"], s["train_size"], s["seed"]),
             "test": synthetic(s["classes"], d["image_size"], s["test_size"], s["seed"] + 1),
             "classes": list(SHAPES[: s["classes"]]),
         }
-    from . import datasets
-
-    if name in ("cifar10", "cifar100"):
-        out = datasets.load_cifar(d["root"], name, d["download"])
-    elif name == "stl10":
-        out = datasets.load_stl10(d["root"], d["download"], d["stl10_unlabeled"], d["image_size"])
     else:
-        out = datasets.load_imagefolder(d["root"], d["image_size"], d["imagefolder_test_fraction"], 0)
+        from . import datasets
+
+        if name in ("cifar10", "cifar100"):
+            out = datasets.load_cifar(d["root"], name, d["download"])
+        elif name == "stl10":
+            out = datasets.load_stl10(d["root"], d["download"], d["stl10_unlabeled"], d["image_size"])
+        else:
+            select = lambda split, labels: balanced_subset(labels, limits[split])  # noqa: E731
+            check = lambda classes, ytr, yte: validate_splits(classes, ytr, yte, f"data.root = {d['root']}")  # noqa
+            out = datasets.load_imagefolder(d["root"], d["image_size"], d["imagefolder_test_fraction"], 0,
+                                            select=select, check=check)
+            limits = {}
+    for split, limit in limits.items():
+        x, y = out[split]
+        keep = balanced_subset(y, limit)
+        out[split] = (x[keep].contiguous(), y[keep])
     if out["train"][0].shape[-1] != d["image_size"]:
-        raise ValueError(f"data.image_size = {d['image_size']} but {name} images are {out['train'][0].shape[-1]} px")
+        raise DataError(f"data.image_size = {d['image_size']} but {name} images are {out['train'][0].shape[-1]} px")
+    validate_splits(out["classes"], out["train"][1], out["test"][1], f"dataset {name} (data.root = {d['root']})")
     return out
 
 
+def _ours(out: Path) -> bool:
+    return (out / MARKER).exists() or (out / "meta.json").exists() and (out / "train.pt").exists()
+
+
+def _check_out(out: Path) -> None:
+    """Refuse to replace a path that prepare did not create."""
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise DataError(f"--out {out} exists and is not a folder; choose another --out")
+    if out.is_dir() and any(out.iterdir()) and not _ours(out):
+        raise DataError(f"--out {out} is a non-empty folder that prepare did not create (no {MARKER}); "
+                        "refusing to replace it: choose a new or empty --out")
+
+
 def prepare(p: dict, out: Path) -> Path:
-    """Write the prepared dataset into `out` (a directory), complete or not at all."""
+    """Write the prepared dataset into `out` (a directory), complete or not at all.
+
+    An existing `out` is replaced only if prepare made it (it holds MARKER) or it is empty."""
     d = p["data"]
+    out = Path(out).absolute()
+    _check_out(out)
     raw = load_raw(d)
-    out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    splits = {"train": raw["train"], "test": raw["test"]}
-    if "unlabeled" in raw:
-        splits["unlabeled"] = raw["unlabeled"]
-    for split in splits:
-        x, y = splits[split]
-        limit = d.get(f"{split}_limit", 0)
-        if limit:
-            x, y = x[:limit], y[:limit]
-        splits[split] = (x.contiguous(), y)
-        torch.save({"images": x.contiguous(), "labels": y}, tmp / f"{split}.pt")
-    xf = splits["train"][0].float() / 255
-    meta = {
-        "dataset": d["dataset"],
-        "classes": raw["classes"],
-        "sizes": {k: int(v[0].shape[0]) for k, v in splits.items()},
-        "image_size": int(xf.shape[-1]),
-        "mean": xf.mean((0, 2, 3)).tolist(),
-        "std": xf.std((0, 2, 3)).tolist(),
-        "data_params": d,
-    }
-    (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(tmp, out)
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)
+        splits = {k: raw[k] for k in ("train", "test", "unlabeled") if k in raw}
+        for split, (x, y) in splits.items():
+            checkpoint.torch_save_file({"images": x.contiguous(), "labels": y}, tmp / f"{split}.pt")
+        xf = splits["train"][0].float() / 255
+        meta = {
+            "dataset": d["dataset"],
+            "classes": raw["classes"],
+            "sizes": {k: int(v[0].shape[0]) for k, v in splits.items()},
+            "image_size": int(xf.shape[-1]),
+            "mean": xf.mean((0, 2, 3)).tolist(),
+            "std": xf.std((0, 2, 3)).tolist(),
+            "limits": {"train": d["train_limit"], "test": d["test_limit"], "seed": LIMIT_SEED,
+                       "rule": "class-balanced, drawn before decoding"},
+            "fingerprint": fingerprint(d),
+            "data_params": d,
+        }
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        (tmp / MARKER).write_text("written by simclr-ablations prepare; the folder may be replaced by it\n")
+        for f in tmp.iterdir():
+            os.chmod(f, 0o666 & ~umask)
+        _check_out(out)
+        old = None
+        if out.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{out.name}-old-", dir=out.parent))
+            os.replace(out, old / "data")
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return out
 
 
 def load_prepared(path: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
-    blob = torch.load(Path(path) / f"{split}.pt", weights_only=True)
+    blob = checkpoint.load(Path(path) / f"{split}.pt", "prepared data", None)
     return blob["images"], blob["labels"]
 
 
 def load_meta(path: Path) -> dict:
-    return json.loads((Path(path) / "meta.json").read_text())
+    f = Path(path) / "meta.json"
+    if not f.is_file():
+        raise DataError(f"--data {path} is not a prepared dataset (no meta.json); run `simclr-ablations prepare` "
+                        "with the same params first")
+    try:
+        return json.loads(f.read_text())
+    except ValueError as err:
+        raise DataError(f"{f} is not valid JSON ({err}); prepare the data again") from err
 
 
+# data params that change the prepared tensors (root and download only say where they come from)
+_DATA_KEYS = ("dataset", "image_size", "train_limit", "test_limit", "imagefolder_test_fraction", "stl10_unlabeled",
+              "synthetic")
+
+
+def check_meta(meta: dict, p: dict, data_dir: Path) -> None:
+    """Refuse prepared data made from other data params than `p` (dataset, image size, limits...)."""
+    made = meta.get("data_params", {})
+    want = p["data"]
+    for key in _DATA_KEYS:
+        if key == "synthetic" and want["dataset"] != "synthetic":
+            continue
+        if key in ("imagefolder_test_fraction",) and want["dataset"] != "imagefolder":
+            continue
+        if key == "stl10_unlabeled" and want["dataset"] != "stl10":
+            continue
+        if made.get(key) != want[key]:
+            raise DataError(f"--data {data_dir} was prepared with data.{key} = {made.get(key)!r}, but the params say "
+                            f"{want[key]!r}; prepare the data with these params (or pass the matching --data)")
 def pretrain_images(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     """The pretraining set: the training split, plus STL-10's unlabeled images when prepared."""
     x, y = load_prepared(path, "train")

@@ -93,11 +93,46 @@ def load_stl10(root: str | Path, download: bool, unlabeled: bool, image_size: in
     return out
 
 
+class BadImage(DatasetMissing):
+    """An image file cannot be decoded into 8-bit RGB."""
+
+
+def to_rgb8(img, path: str):
+    """A PIL image as 8-bit RGB: 16-bit (I;16*, I) grey is scaled by 1/257, not clipped; float is refused."""
+    from PIL import Image
+
+    mode = img.mode
+    if mode.startswith("I;16") or mode == "I":
+        a = np.asarray(img, dtype=np.int64)
+        if a.min() < 0 or a.max() > 65535:
+            raise BadImage(f"image {path}: {mode} pixel values outside 0..65535; convert it to 8-bit RGB")
+        a = np.rint(a / 257.0).astype(np.uint8)
+        return Image.fromarray(a, mode="L").convert("RGB")
+    if mode == "F":
+        raise BadImage(f"image {path}: floating-point pixels are not supported; convert it to 8-bit RGB")
+    return img.convert("RGB")
+
+
+def _decode(path: str):
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return to_rgb8(img, path)
+    except BadImage:
+        raise
+    except (OSError, SyntaxError, ValueError) as err:  # truncated, corrupt or not an image
+        raise BadImage(f"image {path} cannot be decoded ({err}); repair or remove it") from err
+
+
 def _read_images(samples: list[tuple[str, int]], loader, size: int) -> torch.Tensor:
-    """Decode, convert to RGB, resize the shorter side to ``size`` and center-crop to size x size."""
+    """Decode to 8-bit RGB, resize the shorter side to ``size`` and center-crop to size x size.
+
+    ``loader`` is kept for compatibility; files are decoded by :func:`_decode`, which names a bad file."""
     images = torch.empty((len(samples), 3, size, size), dtype=torch.uint8)
     for i, (path, _) in enumerate(samples):
-        img = loader(path).convert("RGB")
+        img = _decode(path)
         img = TF.center_crop(TF.resize(img, size, antialias=True), [size, size])
         images[i] = TF.pil_to_tensor(img)
     return images
@@ -115,11 +150,15 @@ def _image_folder(root: Path) -> torchvision.datasets.ImageFolder:
         ) from err
 
 
-def load_imagefolder(root: str | Path, image_size: int, test_fraction: float, seed: int) -> dict:
+def load_imagefolder(root: str | Path, image_size: int, test_fraction: float, seed: int, select=None,
+                     check=None) -> dict:
     """Images in ``root/<class>/*``, stored at image_size x image_size.
 
+    ``select(split, labels)`` (optional) returns the indices of each split to keep and ``check(classes,
+    y_train, y_test)`` validates the labels; both run before any image is decoded.
+
     If ``root/train`` and ``root/test`` both exist they are the splits (class names from train/).
-    Otherwise ``round(test_fraction * n)`` images of each class (keeping at least one for training)
+    Otherwise ``round(test_fraction * n)`` images of each class (at least one, keeping one for training)
     are held out, chosen by a ``torch.Generator`` seeded with ``seed`` so the split is reproducible.
     """
     root = Path(root)
@@ -138,15 +177,23 @@ def load_imagefolder(root: str | Path, image_size: int, test_fraction: float, se
         held_out = []
         for c in range(len(ds.classes)):
             idx = torch.nonzero(targets == c).flatten()
-            n_test = max(0, min(round(test_fraction * len(idx)), len(idx) - 1))
+            n_test = min(max(1, round(test_fraction * len(idx))), len(idx) - 1)  # >= 1 test, >= 1 train
             held_out.append(idx[torch.randperm(len(idx), generator=gen)[:n_test]])
         is_test = torch.zeros(len(targets), dtype=torch.bool)
         is_test[torch.cat(held_out)] = True
         train_samples = [s for s, t in zip(ds.samples, is_test.tolist()) if not t]
         test_samples = [s for s, t in zip(ds.samples, is_test.tolist()) if t]
         loader, classes = ds.loader, ds.classes
-    return {
-        "train": (_read_images(train_samples, loader, image_size), _labels([y for _, y in train_samples])),
-        "test": (_read_images(test_samples, loader, image_size), _labels([y for _, y in test_samples])),
-        "classes": list(classes),
-    }
+    out = {"classes": list(classes)}
+    for split, samples in (("train", train_samples), ("test", test_samples)):
+        labels = _labels([y for _, y in samples])
+        if select is not None:
+            keep = select(split, labels).tolist()
+            samples, labels = [samples[i] for i in keep], labels[keep]
+        out[split] = (samples, labels)
+    if check is not None:
+        check(out["classes"], out["train"][1], out["test"][1])
+    for split in ("train", "test"):
+        samples, labels = out[split]
+        out[split] = (_read_images(samples, loader, image_size), labels)
+    return out

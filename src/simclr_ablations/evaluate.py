@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from . import augment, data, optim, params, pretrain, provenance
+from . import augment, checkpoint, data, optim, params, pretrain, provenance
 
 PROTOCOL = ("linear eval: frozen encoder, features of un-augmented images, linear classifier trained "
             "with SGD-Nesterov; kNN: cosine, weighted vote")
@@ -167,11 +166,14 @@ def evaluate(run_dir: Path, data_dir: Path, p: dict | None = None, threads: int 
     device = pretrain.setup(p, threads)
     model, _ = pretrain.load_model(run_dir, device)
     meta = data.load_meta(data_dir)
+    data.check_meta(meta, p, data_dir)
     classes = len(meta["classes"])
     norm = augment.Normalize(meta["mean"], meta["std"], p["augment"]["normalize"]).to(device)
     xtr, ytr = data.load_prepared(data_dir, "train")
     xte, yte = data.load_prepared(data_dir, "test")
     ftr, fte = extract(model, xtr, norm, device), extract(model, xte, norm, device)
+    for split, feats in (("train", ftr), ("test", fte)):
+        checkpoint.check_finite({f"layer {i}": f for i, f in enumerate(feats)}, f"{split} features of {run_dir}")
     e = p["eval"]
     by_layer = []
     for layer, (a, b) in enumerate(zip(ftr, fte)):
@@ -237,6 +239,4 @@ def write(metrics: dict, p: dict, out_dir: Path) -> None:
 def write_json(obj: dict, path: Path) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+    checkpoint.write_text_atomic(path, json.dumps(obj, indent=2))  # per-process temp name, removed on failure

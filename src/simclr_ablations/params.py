@@ -13,7 +13,9 @@ import difflib
 import functools
 import hashlib
 import json
+import math
 import pickle
+import re
 from pathlib import Path
 
 import yaml
@@ -55,14 +57,23 @@ NONNEG = (">= 0", lambda v: v >= 0)
 PROB = ("in [0, 1]", lambda v: 0 <= v <= 1)
 AT_LEAST_1 = ("an integer >= 1", lambda v: v >= 1)
 UNIT = ("in (0, 1]", lambda v: 0 < v <= 1)
+
+
+def _between(lo: int, hi: int):
+    """An integer range rule with an upper bound where memory or time would explode."""
+    return (f"an integer >= {lo} and <= {hi}", lambda v: lo <= v <= hi)
+
+
+MILLION = 1_000_000
 RANGES = {
-    "data.image_size": ("an integer >= 8", lambda v: v >= 8),
-    "data.train_limit": NONNEG,
-    "data.test_limit": NONNEG,
+    "seed": _between(0, 2**31 - 1),
+    "data.image_size": _between(8, 1024),
+    "data.train_limit": _between(0, 100 * MILLION),
+    "data.test_limit": _between(0, 100 * MILLION),
     "data.imagefolder_test_fraction": ("in (0, 1)", lambda v: 0 < v < 1),
     "data.synthetic.classes": ("in [2, 20]", lambda v: 2 <= v <= 20),
-    "data.synthetic.train_size": POSITIVE,
-    "data.synthetic.test_size": POSITIVE,
+    "data.synthetic.train_size": _between(1, 10 * MILLION),
+    "data.synthetic.test_size": _between(1, 10 * MILLION),
     "augment.base_crop_scale": UNIT,
     "augment.crop.scale_min": UNIT,
     "augment.crop.ratio_min": POSITIVE,
@@ -81,50 +92,50 @@ RANGES = {
     "augment.blur.sigma_max": POSITIVE,
     "augment.blur.kernel_fraction": UNIT,
     "augment.rotate.p": PROB,
-    "encoder.width": POSITIVE,
-    "head.layers": AT_LEAST_1,
-    "head.hidden_dim": NONNEG,
-    "head.out_dim": AT_LEAST_1,
+    "encoder.width": ("> 0 and <= 16", lambda v: 0 < v <= 16),
+    "head.layers": _between(1, 16),
+    "head.hidden_dim": _between(0, 65536),
+    "head.out_dim": _between(1, 65536),
     "pretrain.temperature": POSITIVE,
     "pretrain.margin": NONNEG,
-    "pretrain.batch_size": ("an integer >= 2", lambda v: v >= 2),
-    "pretrain.epochs": AT_LEAST_1,
+    "pretrain.batch_size": _between(2, 65536),
+    "pretrain.epochs": _between(1, 100_000),
     "pretrain.lr": POSITIVE,
     "pretrain.momentum": ("in [0, 1)", lambda v: 0 <= v < 1),
     "pretrain.weight_decay": NONNEG,
     "pretrain.lars_eta": POSITIVE,
-    "pretrain.warmup_epochs": NONNEG,
-    "eval.feature_layer": NONNEG,
-    "eval.linear.epochs": AT_LEAST_1,
-    "eval.linear.batch_size": AT_LEAST_1,
+    "pretrain.warmup_epochs": _between(0, 100_000),
+    "eval.feature_layer": _between(0, 16),
+    "eval.linear.epochs": _between(1, 100_000),
+    "eval.linear.batch_size": _between(1, MILLION),
     "eval.linear.lr": POSITIVE,
     "eval.linear.weight_decay": NONNEG,
-    "eval.knn.k": AT_LEAST_1,
+    "eval.knn.k": _between(1, 100_000),
     "eval.knn.temperature": POSITIVE,
-    "moco.queue_size": AT_LEAST_1,
+    "moco.queue_size": _between(1, 10 * MILLION),
     "moco.momentum": PROB,
     "moco.temperature": POSITIVE,
     "moco.bank_momentum": PROB,
     "byol.momentum": PROB,
-    "byol.predictor_hidden": NONNEG,
-    "simsiam.predictor_hidden": NONNEG,
+    "byol.predictor_hidden": _between(0, 65536),
+    "simsiam.predictor_hidden": _between(0, 65536),
     "wcl.lam": NONNEG,
     "wcl.beta": NONNEG,
     "wcl.gamma": NONNEG,
     "wcl.temperature": POSITIVE,
-    "wcl.small_crops": NONNEG,
+    "wcl.small_crops": _between(0, 16),
     "wcl.small_size": UNIT,
     "wcl.small_scale_min": UNIT,
     "wcl.small_scale_max": UNIT,
-    "wcl.knn_k": AT_LEAST_1,
-    "wcl.knn_warmup_epochs": NONNEG,
-    "eval.semi.from_layer": NONNEG,
-    "eval.semi.epochs": AT_LEAST_1,
-    "eval.semi.min_steps": NONNEG,
-    "eval.semi.batch_size": AT_LEAST_1,
+    "wcl.knn_k": _between(1, 1000),
+    "wcl.knn_warmup_epochs": _between(0, 100_000),
+    "eval.semi.from_layer": _between(0, 16),
+    "eval.semi.epochs": _between(1, 100_000),
+    "eval.semi.min_steps": _between(0, 10 * MILLION),
+    "eval.semi.batch_size": _between(1, 65536),
     "eval.semi.lr": POSITIVE,
-    "runtime.threads": NONNEG,
-    "runtime.checkpoint_every": AT_LEAST_1,
+    "runtime.threads": _between(0, 1024),
+    "runtime.checkpoint_every": _between(1, 100_000),
 }
 
 
@@ -132,11 +143,56 @@ class ParamsError(ValueError):
     """A params file or setting is invalid; the message names the key, value and what is allowed."""
 
 
+class _Loader(yaml.SafeLoader):
+    """Safe YAML with YAML 1.2 numbers (1e-6 is a float) and duplicate keys refused."""
+
+
+_FLOAT_12 = re.compile(r"^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)[eE][-+]?[0-9]+$")
+_Loader.add_implicit_resolver("tag:yaml.org,2002:float", _FLOAT_12, list("-+0123456789."))
+
+
+def _mapping(loader: _Loader, node: yaml.MappingNode) -> dict:
+    seen = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node)
+        if key in seen:
+            raise ParamsError(f"duplicate key {key!r} (line {key_node.start_mark.line + 1}); "
+                              "each key may appear once per mapping")
+        seen.add(key)
+    return loader.construct_mapping(node)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+
+
+def _finite(node, source: str, prefix: str = "") -> None:
+    """Refuse NaN and +-inf anywhere in the values."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for k, v in items:
+        path = f"{prefix}{k}" if isinstance(node, dict) else f"{prefix[:-1]}[{k}]"
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ParamsError(f"{source}: '{path}' = {v}: values must be finite numbers")
+        _finite(v, source, path + ".")
+
+
+def _yaml(text: str, source: str):
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except ParamsError as err:
+        raise ParamsError(f"{source}: {err}") from None
+    except yaml.YAMLError as err:
+        raise ParamsError(f"{source}: not valid YAML ({' '.join(str(err).split())[:200]})") from None
+
+
 def _read_yaml(path: Path) -> dict:
-    with open(path) as f:
-        data = yaml.safe_load(f) or {}
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise ParamsError(f"params file {path}: {err.strerror}") from None
+    data = _yaml(text, str(path)) or {}
     if not isinstance(data, dict):
         raise ParamsError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    _finite(data, str(path))
     return data
 
 
@@ -260,17 +316,28 @@ def _validate_cross(p: dict) -> None:
 
 
 def parse_setting(text: str) -> dict:
-    """'a.b.c=value' -> {'a': {'b': {'c': value}}}, the value parsed as YAML."""
+    """'a.b.c=value' -> {'a': {'b': {'c': value}}}, the value parsed as YAML 1.2.
+
+    A plain value holding ' #' is taken whole as a string (the shell passed it; it is no comment)."""
+    source = f"setting {text!r}"
     if "=" not in text:
-        raise ParamsError(f"setting {text!r}: expected key.path=value")
+        raise ParamsError(f"{source}: expected key.path=value")
     key, raw = text.split("=", 1)
-    value = yaml.safe_load(raw) if raw != "" else ""
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ParamsError(f"{source}: expected key.path=value with a non-empty key")
+    if raw == "":
+        value = ""
+    elif re.search(r"\s#", raw) and not raw.lstrip().startswith(("'", '"', "[", "{")):
+        value = raw.strip()
+    else:
+        value = _yaml(raw, source)
     out: dict = {}
     node = out
-    parts = key.strip().split(".")
     for part in parts[:-1]:
         node = node.setdefault(part, {})
     node[parts[-1]] = value
+    _finite(out, source)
     return out
 
 
@@ -292,9 +359,9 @@ def load(preset: str | None = None, files: list[str | Path] = (), settings: list
                 preset = named
         layers.append((str(f), data))
     layers += [(f"setting {s!r}", _copy(_parsed_setting(s))) for s in settings]
-    if preset:
+    if preset is not None:
         path = PARAMS_DIR / "presets" / f"{preset}.yaml"
-        if not path.exists():
+        if not isinstance(preset, str) or preset not in presets():
             raise ParamsError(f"'preset' = {preset!r}: allowed presets are {', '.join(presets())}")
         layers.insert(0, (str(path), read_yaml(path)))
     for source, data in layers:

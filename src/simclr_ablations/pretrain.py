@@ -10,6 +10,7 @@ rerun of a killed job continues from the last one.
 
 from __future__ import annotations
 
+import copy
 import csv
 import json
 import os
@@ -20,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import augment, data, methods, models, optim, params, provenance
+from . import augment, checkpoint, data, methods, models, optim, params, provenance
 
 
 class TrainingDiverged(RuntimeError):
@@ -57,9 +58,30 @@ def epoch_generators(seed: int, epoch: int, device: torch.device):
 
 
 def save_atomic(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    checkpoint.save_atomic(obj, path)
+
+
+def _resume(blob: dict, rid: str, model, method, opt, ckpt_path: Path, log) -> bool:
+    """Load a checkpoint's state into model/method/optimizer; False if it is another run's, or was
+    written by other training code (a resumed run must be one computation)."""
+    if blob["run_id"] != rid:
+        log(f"ignoring checkpoint {ckpt_path}: it belongs to run {blob['run_id']}, not {rid}")
+        return False
+    code = provenance.stage_hash("pretrain")
+    if blob.get("code", code) != code:
+        log(f"ignoring checkpoint {ckpt_path}: it was written by other training code ({blob['code']}, now {code})")
+        return False
+    what = f"checkpoint {ckpt_path} (epoch {blob['epoch'] + 1})"
+    if method is not None and blob.get("method") is not None:
+        checkpoint.load_state(method, blob["method"], what)
+    else:
+        checkpoint.load_state(model, blob["model"], what)
+    checkpoint.check_finite_modules(what, model, method)
+    try:
+        opt.load_state_dict(blob["optimizer"])
+    except (ValueError, KeyError, RuntimeError) as err:
+        raise checkpoint.CorruptFile(f"{what}: optimizer state does not fit ({err})") from err
+    return True
 
 
 def build_model(p: dict, classes: int) -> torch.nn.Module:
@@ -68,12 +90,20 @@ def build_model(p: dict, classes: int) -> torch.nn.Module:
 
 
 def train(p: dict, data_dir: Path, out_dir: Path, threads: int = 0, log=print) -> dict:
-    """Pretrain the model `p` describes on the prepared data; write out_dir/model.pt when complete."""
+    """Pretrain the model `p` describes on the prepared data; write out_dir/model.pt when complete.
+
+    The run folder is locked meanwhile: a second writer is refused (the lock dies with the process)."""
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    with checkpoint.RunLock(out_dir):
+        return _train(p, data_dir, out_dir, threads, log)
+
+
+def _train(p: dict, data_dir: Path, out_dir: Path, threads: int, log) -> dict:
     wall0 = time.perf_counter()
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     device = setup(p, threads)
     meta = data.load_meta(data_dir)
+    data.check_meta(meta, p, data_dir)
     if p["method"] == "supervised":
         images, labels = data.load_prepared(data_dir, "train")
     else:
@@ -102,18 +132,17 @@ def train(p: dict, data_dir: Path, out_dir: Path, threads: int = 0, log=print) -
 
     ckpt_path, rid = out_dir / "checkpoint.pt", run_id(p)
     start_epoch, history = 0, []
-    if ckpt_path.exists():
-        ckpt = torch.load(ckpt_path, map_location=device, weights_only=False)
-        if ckpt["run_id"] == rid:
-            if method is not None and ckpt.get("method") is not None:
-                method.load_state_dict(ckpt["method"])
-            else:
-                model.load_state_dict(ckpt["model"])
-            opt.load_state_dict(ckpt["optimizer"])
-            start_epoch, history = ckpt["epoch"] + 1, ckpt["history"]
-            log(f"resuming from checkpoint {ckpt_path} at epoch {start_epoch} (of {t['epochs']})")
-        else:
-            log(f"ignoring checkpoint {ckpt_path}: it belongs to run {ckpt['run_id']}, not {rid}")
+    fresh = copy.deepcopy([model.state_dict(), method.state_dict() if method else None, opt.state_dict()])
+    ckpt = checkpoint.load_checkpoint(ckpt_path, log, device, lambda blob: _resume(blob, rid, model, method, opt,
+                                                                                   ckpt_path, log))
+    if ckpt is not None:
+        start_epoch, history = ckpt["epoch"] + 1, ckpt["history"]
+        log(f"resuming from checkpoint {ckpt_path} at epoch {start_epoch} (of {t['epochs']})")
+    else:  # a checkpoint that failed half-way through loading must not leak into a fresh start
+        model.load_state_dict(fresh[0])
+        if method is not None:
+            method.load_state_dict(fresh[1])
+        opt.load_state_dict(fresh[2])
     if cuda:
         images = images.pin_memory()
         labels = labels.pin_memory()
@@ -170,10 +199,14 @@ def train(p: dict, data_dir: Path, out_dir: Path, threads: int = 0, log=print) -
         row.update({k: v_ / steps_per_epoch for k, v_ in sums.items()})
         history.append(row)
         log(" ".join(f"{k}={v_:.4g}" if isinstance(v_, float) else f"{k}={v_}" for k, v_ in row.items()))
+        what = f"model after epoch {epoch + 1}"
+        checkpoint.check_finite_modules(what, model, method)
+        checkpoint.check_features(model, norm(augment.to_float(images[:16].to(device))), what)
         if (epoch + 1) % p["runtime"]["checkpoint_every"] == 0 or epoch + 1 == t["epochs"]:
-            save_atomic({"run_id": rid, "epoch": epoch, "model": model.state_dict(),
-                         "method": method.state_dict() if method is not None else None,
-                         "optimizer": opt.state_dict(), "history": history}, ckpt_path)
+            checkpoint.save_checkpoint({"run_id": rid, "code": provenance.stage_hash("pretrain"), "epoch": epoch,
+                                        "model": model.state_dict(),
+                                        "method": method.state_dict() if method is not None else None,
+                                        "optimizer": opt.state_dict(), "history": history}, ckpt_path)
 
     summary = {
         "run_id": rid,
@@ -190,8 +223,8 @@ def train(p: dict, data_dir: Path, out_dir: Path, threads: int = 0, log=print) -
     summary["provenance"] = provenance.compact(prov)
     _write_history(history, out_dir / "history.csv")
     params.dump(p, out_dir / "params.yaml")
-    (out_dir / "provenance.json").write_text(json.dumps(prov, indent=2))
-    (out_dir / "train.json").write_text(json.dumps(summary, indent=2))
+    checkpoint.write_text_atomic(out_dir / "provenance.json", json.dumps(prov, indent=2))
+    checkpoint.write_text_atomic(out_dir / "train.json", json.dumps(summary, indent=2))
     save_atomic({"run_id": rid, "params": p, "model": model.state_dict(), "classes": len(meta["classes"]),
                  "summary": summary}, out_dir / "model.pt")
     return summary
@@ -208,8 +241,17 @@ def _write_history(history: list[dict], path: Path) -> None:
 
 
 def load_model(run_dir: Path, device: torch.device) -> tuple[torch.nn.Module, dict]:
-    blob = torch.load(Path(run_dir) / "model.pt", map_location=device, weights_only=False)
+    """The finished run's model (tensors only are read; its run id, shapes and finiteness are checked)."""
+    path = Path(run_dir) / "model.pt"
+    blob = checkpoint.load(path, "model", device)
+    for key in ("run_id", "params", "model", "classes"):
+        if key not in blob:
+            raise checkpoint.CorruptFile(f"model {path} lacks '{key}'; rerun pretrain")
     p = params.from_resolved(blob["params"])
+    if run_id(p) != blob["run_id"]:
+        raise checkpoint.CorruptFile(f"model {path}: its run id {blob['run_id']} does not match its params "
+                                     f"({run_id(p)}); rerun pretrain")
     model = models.SupervisedNet(p, blob["classes"]) if p["method"] == "supervised" else models.SimCLRNet(p)
-    model.load_state_dict(blob["model"])
+    checkpoint.load_state(model, blob["model"], f"model {path}")
+    checkpoint.check_finite_modules(f"model {path}", model)
     return model.to(device).eval(), p
