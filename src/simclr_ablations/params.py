@@ -31,6 +31,7 @@ CHOICES = {
     "encoder.stem": ("auto", "cifar", "imagenet"),
     "head.type": ("none", "linear", "mlp"),
     "pretrain.loss": ("nt_xent", "nt_logistic", "margin_triplet"),
+    "pretrain.negatives": ("both", "one"),
     "pretrain.optimizer": ("lars", "sgd", "adam"),
     "pretrain.lr_scaling": ("linear", "sqrt", "none"),
     "pretrain.schedule": ("cosine", "constant"),

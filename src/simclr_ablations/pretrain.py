@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from . import augment, data, methods, models, optim, params
+from . import augment, data, losses, methods, models, optim, params
 
 
 class TrainingDiverged(RuntimeError):
@@ -46,8 +46,9 @@ def canonical(p: dict) -> dict:
         del q["head"], q["eval"]["feature_layer"]
         for key in ("loss", "temperature", "l2_normalize", "margin", "semi_hard"):
             del t[key]
-    elif t["loss"] != "margin_triplet":
-        del t["margin"], t["semi_hard"]
+    else:
+        for key in losses.unused_keys(t):
+            del t[key]
     used = set(aug["ops"]) | ({"crop"} if aug["branches"] == "one" else set())
     for op in augment.OPS:
         if op not in used:
