@@ -156,10 +156,10 @@ class MoCo(Method):
         if m["negatives"] == "queue":
             self.queue = Queue(m["queue_size"], dim, g)
         else:
-            others = n_images - p["pretrain"]["batch_size"]
-            if m["queue_size"] > others:
-                raise params.ParamsError(f"'moco.queue_size' = {m['queue_size']}: the memory bank has only {others} "
-                                         f"entries outside a batch ({n_images} images - batch {p['pretrain']['batch_size']})")
+            bs = p["pretrain"]["batch_size"]
+            if m["queue_size"] > n_images - bs:
+                raise params.ParamsError(f"'moco.queue_size' = {m['queue_size']}: the memory bank has only "
+                                         f"{n_images - bs} entries outside a batch ({n_images} images - batch {bs})")
             self.register_buffer("bank", F.normalize(torch.randn(n_images, dim, generator=g), dim=1))
 
     def bank_indices(self, idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
