@@ -193,3 +193,26 @@ def test_loss_fn_dispatch_and_gradients():
         loss.backward()
         assert torch.isfinite(loss) and z1.grad.abs().sum() > 0
         z1.grad = None
+
+
+def test_loss_study_is_appendix_b10():
+    """No preset (the full grid): each non-NT-Xent loss over lr {0.01, 0.1, 0.3, 0.5, 1} x its own grid, one view's
+    negatives; every cell a distinct run; smoke and cpu keep every loss."""
+    import re
+
+    from simclr_ablations import studies
+
+    runs = studies.expand("", "losses", n_seeds=1)           # "": params/default.yaml, no shrink
+    fam = lambda r: re.sub(r" [tm]=.*$", "", r.labels()["setting"])
+    grids = {}
+    for r in runs:
+        t = r.params["pretrain"]
+        grids.setdefault(fam(r), set()).add((t["lr"], t["temperature"] if t["loss"] == "nt_logistic" else t["margin"]))
+        assert (t["negatives"] == "one") == (fam(r) != "NT-Xent")
+        assert t["semi_hard"] == fam(r).endswith("(sh)")
+    lrs = {0.01, 0.1, 0.3, 0.5, 1.0}
+    assert grids["NT-Logi."] == grids["NT-Logi. (sh)"] == {(a, b) for a in lrs for b in (0.1, 0.2, 0.5, 1.0)}
+    assert grids["Margin"] == grids["Margin (sh)"] == {(a, b) for a in lrs for b in (0.0, 0.4, 0.8, 1.6)}
+    assert len({r.id for r in runs}) == len(runs)
+    for preset in ("smoke", "cpu"):
+        assert {fam(r) for r in studies.expand(preset, "losses", n_seeds=1)} == set(grids)
