@@ -124,7 +124,7 @@ def test_info_nce_positive_first():
 
 
 def _p(method, **extra):
-    sets = [f"method={method}", "moco.queue_size=16", "wcl.small_crops=1", "wcl.knn_k=2"]
+    sets = [f"method={method}", "moco.queue_size=16", "wcl.small_crops=1", "wcl.knn_k=2", "pretrain.batch_size=8"]
     return params.load("smoke", settings=sets + [f"{k}={v}" for k, v in extra.items()])
 
 
@@ -193,12 +193,13 @@ def test_bad_method_params_are_named():
 def test_stateful_methods_resume_identically(smoke_data, tmp_path, method):
     """The queue / memory bank, EMA target and KNN neighbours live in the checkpoint: a run stopped
     after epoch 1 and resumed ends with the same weights as one that never stopped."""
-    base = [f"method={method}", "pretrain.epochs=2", "wcl.knn_warmup_epochs=1"]
+    base = [f"method={method}", "pretrain.epochs=2", "wcl.knn_warmup_epochs=1", f"{method}.recipe.warmup_fraction=0.5"]
     full = pretrain.train(params.load("smoke", settings=base), smoke_data, tmp_path / "full", threads=1,
                           log=lambda *_: None)
     part = tmp_path / "part"
     p = params.load("smoke", settings=base)
-    short = dict(p, pretrain=dict(p["pretrain"], epochs=1))
+    short = dict(p, pretrain=dict(p["pretrain"], epochs=1))                  # its first epoch is warm-up too:
+    short[method] = dict(p[method], recipe=dict(p[method]["recipe"], warmup_fraction=1.0))   # same lrs
     pretrain.train(short, smoke_data, part, threads=1, log=lambda *_: None)   # a different run id: not resumed
     ckpt = torch.load(part / "checkpoint.pt", weights_only=False)
     ckpt["run_id"] = pretrain.run_id(p)                                       # pretend the 2-epoch run stopped here
@@ -211,3 +212,37 @@ def test_stateful_methods_resume_identically(smoke_data, tmp_path, method):
     wb = torch.load(part / "model.pt", weights_only=False)["model"]
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert full["final"]["loss"] == resumed["final"]["loss"]
+
+
+def test_memory_bank_never_returns_a_query_of_the_batch():
+    """Bank entries are drawn from the images outside the batch: no query's own (stale) key is a
+    negative, at any batch, including one where the draw must take every remaining entry."""
+    p = _p("moco", **{"moco.negatives": "bank", "moco.queue_size": 24})
+    m = methods.build(p, models.SimCLRNet(p), torch.zeros(32, 3, 16, 16, dtype=torch.uint8), torch.nn.Identity())
+    g = torch.Generator().manual_seed(0)
+    seen = set()
+    for trial in range(200):
+        idx = torch.randperm(32, generator=g)[:8]
+        pick = m.bank_indices(idx, g)
+        assert pick.numel() == 24 == len(set(pick.tolist()))                 # distinct entries
+        assert not set(pick.tolist()) & set(idx.tolist()), trial
+        seen |= set(pick.tolist())
+    assert seen == set(range(32))                                            # every entry can be drawn
+    # and the loss's negatives are exactly those rows of the bank
+    m.bank.copy_(torch.eye(32)[:, :m.bank.shape[1]] if m.bank.shape[1] >= 32 else m.bank)
+    idx = torch.arange(8)
+    neg = m.negatives(idx, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(neg, m.bank[m.bank_indices(idx, torch.Generator().manual_seed(1))])
+    with pytest.raises(params.ParamsError, match="moco.queue_size"):
+        q = _p("moco", **{"moco.negatives": "bank", "moco.queue_size": 25})
+        methods.build(q, models.SimCLRNet(q), torch.zeros(32, 3, 16, 16, dtype=torch.uint8), torch.nn.Identity())
+
+
+def test_simsiam_projector_has_output_bn():
+    p = _p("simsiam", **{"head.layers": 3})
+    m = methods.build(p, models.SimCLRNet(p), torch.zeros(32, 3, 16, 16, dtype=torch.uint8), torch.nn.Identity())
+    assert len(m.model.head.blocks) == 3
+    assert isinstance(m.out_bn, torch.nn.BatchNorm1d) and not m.out_bn.affine
+    m.train()
+    z = m.embed(torch.rand(16, 3, 16, 16))
+    torch.testing.assert_close(z.mean(0), torch.zeros(z.shape[1]), atol=1e-4, rtol=0)   # BN'd output

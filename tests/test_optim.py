@@ -45,3 +45,87 @@ def test_warmup_then_cosine():
     assert lrs[10] == pytest.approx(1.0) and lrs[55] == pytest.approx(0.5 * (1 + math.cos(math.pi * 0.5)))
     assert all(a >= b for a, b in zip(lrs[10:], lrs[11:])) and lrs[-1] < 0.01
     assert optim.lr_at(50, 100, 10, 1.0, "constant") == 1.0
+
+
+def _built(method, *settings):
+    from simclr_ablations import methods, models, params
+
+    p = params.load("smoke", settings=[f"method={method}", "moco.queue_size=16", "pretrain.batch_size=64",
+                                       *settings])
+    model = models.SimCLRNet(p)
+    m = methods.build(p, model, torch.zeros(256, 3, 16, 16, dtype=torch.uint8), torch.nn.Identity())
+    t = optim.recipe(p)
+    return p, m, t, optim.build(m, t)
+
+
+@pytest.mark.parametrize("method, kind, base, scale, wd, exclude, warmup", [
+    ("simclr", optim.LARS, 1.0, 64 / 256, 1e-6, True, 1.0),                 # smoke preset: pretrain.lr 1.0
+    ("moco", optim.SGD, 0.03, 64 / 256, 1e-4, False, 0.0),
+    ("byol", optim.LARS, 0.2, 64 / 256, 1.5e-6, True, 0.01 * 2),
+    ("simsiam", optim.SGD, 0.05, 64 / 256, 1e-4, False, 0.0),
+    ("wcl", optim.LARS, 0.075, math.sqrt(64), 1e-6, True, 0.1 * 2),
+])
+def test_each_method_trains_with_its_papers_recipe(method, kind, base, scale, wd, exclude, warmup):
+    p, m, t, opt = _built(method)
+    assert type(opt) is kind and t["warmup_epochs"] == pytest.approx(warmup)
+    peak = base * scale
+    trainable = {id(q) for q in m.parameters() if q.requires_grad}
+    grouped = [id(q) for g in opt.param_groups for q in g["params"]]
+    assert sorted(grouped) == sorted(trainable)                              # every trainable param, once
+    assert all(q.requires_grad for g in opt.param_groups for q in g["params"])  # no EMA target
+    assert opt.param_groups[0]["lr"] == pytest.approx(peak) and opt.param_groups[0]["fixed_lr"] is None
+    fixed = {id(q) for q in m.fixed_lr_parameters()}
+    assert bool(fixed) == (method == "simsiam")
+    for g in opt.param_groups:
+        assert g["lr"] == pytest.approx(peak) and g["momentum"] == 0.9
+        small = [q.ndim < 2 for q in g["params"]]
+        if exclude:                                                          # BN & biases: no wd, no LARS
+            assert len(set(small)) == 1
+            assert g["weight_decay"] == (0.0 if small[0] else pytest.approx(wd))
+            assert g.get("lars", not small[0]) == (not small[0])
+        else:                                                                # SGD of MoCo / SimSiam: all decayed
+            assert g["weight_decay"] == pytest.approx(wd)
+        if kind is optim.SGD:
+            assert g["nesterov"] is False
+        assert (g["fixed_lr"] is not None) == all(id(q) in fixed for q in g["params"])
+    if method == "simsiam":
+        assert {id(q) for q in m.predictor.parameters()} == fixed
+
+
+def test_recipe_overrides_and_lr_factor():
+    p, m, t, opt = _built("moco", "moco.recipe.lr_factor=2", "moco.recipe.weight_decay=0.5",
+                          "moco.recipe.optimizer=lars")
+    assert type(opt) is optim.LARS and opt.param_groups[0]["lr"] == pytest.approx(0.06 * 64 / 256)
+    assert {g["weight_decay"] for g in opt.param_groups} == {0.5}          # exclude_bn_bias: false -> all
+    # SimCLR's recipe stays the pretrain keys; a pretrain change does not reach another method's
+    assert _built("byol", "pretrain.lr=5")[3].param_groups[0]["lr"] == pytest.approx(0.2 * 64 / 256)
+
+
+def test_fixed_lr_group_ignores_the_schedule():
+    p, m, t, opt = _built("simsiam")
+    peak = opt.param_groups[0]["lr"]
+    for g in opt.param_groups:
+        g["lr"] = 0.1 * peak                                                 # what the training loop writes
+    loss = m.embed(torch.rand(8, 3, 16, 16)).pow(2).mean() + m.predictor(torch.rand(8, 16)).pow(2).mean()
+    loss.backward()
+    opt.step()
+    lrs = {g["fixed_lr"] is not None: g["lr"] for g in opt.param_groups}
+    assert lrs[True] == pytest.approx(peak) and lrs[False] == pytest.approx(0.1 * peak)
+
+
+def test_lars_excludes_bn_and_bias_of_a_resnet():
+    """Every BN parameter (incl. a downsample shortcut's, which name matching on 'bn' misses) and every
+    bias is in the plain group; every conv / linear weight is decayed and adapted."""
+    from simclr_ablations import models, params
+
+    model = models.SimCLRNet(params.load("smoke"))
+    adapted, plain = optim.param_groups(model, 1e-6)
+    assert adapted["lars"] and adapted["weight_decay"] == 1e-6 and not plain["lars"] and plain["weight_decay"] == 0.0
+    plain_ids, adapted_ids = {id(q) for q in plain["params"]}, {id(q) for q in adapted["params"]}
+    bn = [mod for name, mod in model.named_modules() if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm)]
+    assert any("shortcut" in name for name, mod in model.named_modules() if mod in bn)
+    assert all(id(q) in plain_ids for mod in bn for q in mod.parameters())
+    for mod in model.modules():
+        if isinstance(mod, (torch.nn.Conv2d, torch.nn.Linear)):
+            assert id(mod.weight) in adapted_ids
+            assert mod.bias is None or id(mod.bias) in plain_ids

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import augment, losses, models
+from . import augment, losses, models, params
 
 
 def ema_(target: nn.Module, online: nn.Module, momentum: float) -> None:
@@ -125,6 +125,10 @@ class Method(nn.Module):
         t = self.p["pretrain"]
         return losses.contrastive_stats(z1.float(), z2.float(), t["temperature"], True)
 
+    def fixed_lr_parameters(self) -> list:
+        """Parameters the lr schedule leaves at the peak lr (optim.build); none by default."""
+        return []
+
     def after_step(self, progress: float) -> None:
         pass
 
@@ -152,21 +156,33 @@ class MoCo(Method):
         if m["negatives"] == "queue":
             self.queue = Queue(m["queue_size"], dim, g)
         else:
+            bs = p["pretrain"]["batch_size"]
+            if m["queue_size"] > n_images - bs:
+                raise params.ParamsError(f"'moco.queue_size' = {m['queue_size']}: the memory bank has only "
+                                         f"{n_images - bs} entries outside a batch ({n_images} images - batch {bs})")
             self.register_buffer("bank", F.normalize(torch.randn(n_images, dim, generator=g), dim=1))
 
-    def negatives(self, g):
-        m = self.p["moco"]
-        if m["negatives"] == "queue":
+    def bank_indices(self, idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """`queue_size` distinct bank entries drawn uniformly from those of images not in the batch:
+        no query meets its own (stale) entry as a negative. Batch-mates' entries are left out too,
+        so one draw serves the whole batch (their current keys are not negatives in InfoNCE here)."""
+        free = torch.ones(self.bank.shape[0], dtype=torch.bool)
+        free[idx.cpu()] = False
+        allowed = free.nonzero()[:, 0]
+        order = torch.randperm(allowed.numel(), generator=g, device=g.device).cpu()
+        return allowed[order[:self.p["moco"]["queue_size"]]]
+
+    def negatives(self, idx, g):
+        if self.p["moco"]["negatives"] == "queue":
             return self.queue.keys.clone()
-        pick = torch.randint(0, self.bank.shape[0], (m["queue_size"],), generator=g, device=g.device)
-        return self.bank[pick.to(self.bank.device)]
+        return self.bank[self.bank_indices(idx, g).to(self.bank.device)]
 
     def loss(self, v, x, idx, g):
         m = self.p["moco"]
         q1, q2 = F.normalize(self.embed(v).float(), dim=1).chunk(2)
         with torch.no_grad():
             k1, k2 = F.normalize(self.key.head(self.key.encoder(v)).float(), dim=1).chunk(2)
-        neg = self.negatives(g)
+        neg = self.negatives(idx, g)
         loss = (losses.info_nce(q1, k2, neg, m["temperature"]) + losses.info_nce(q2, k1, neg, m["temperature"])) / 2
         with torch.no_grad():
             if m["negatives"] == "queue":
@@ -208,6 +224,16 @@ class SimSiam(Method):
         dim = model.head.out_dim
         torch.manual_seed(p["seed"] + 1)
         self.predictor = predictor(dim, p["simsiam"]["predictor_hidden"] or max(8, dim // 4))
+        # the projector's output BN (no affine), facebookresearch/simsiam builder.py; a part of the
+        # method, not of the saved network: evaluation reads h or the head's layers before it
+        self.out_bn = nn.BatchNorm1d(dim, affine=False) if p["simsiam"]["output_bn"] else nn.Identity()
+
+    def embed(self, v):
+        return self.out_bn(super().embed(v))
+
+    def fixed_lr_parameters(self) -> list:
+        """SimSiam keeps the predictor at the peak lr (main_simsiam.py --fix-pred-lr)."""
+        return list(self.predictor.parameters()) if self.p["simsiam"]["fixed_predictor_lr"] else []
 
     def loss(self, v, x, idx, g):
         z = self.embed(v)

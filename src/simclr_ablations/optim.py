@@ -1,9 +1,16 @@
-"""Optimisers and the learning-rate schedule of the paper.
+"""Optimisers, each method's recipe, and the learning-rate schedule.
+
+`recipe(p)` is the optimiser a run uses: `pretrain`'s keys for SimCLR and the supervised
+baseline, `<method>.recipe` (its paper's optimiser, lr, lr scaling, weight decay, warm-up and
+schedule) for the related methods; `pretrain.batch_size` and `pretrain.epochs` are the budget
+all share.
 
 LARS follows the official SimCLR code: weight decay is added to the gradient, the step is
-scaled by the trust ratio eta * ||w|| / ||g||, then momentum. Biases and BatchNorm parameters
-(every parameter with fewer than 2 dimensions) get neither weight decay nor the trust ratio;
-a LARS that adapts them is a known cause of reproductions falling short.
+scaled by the trust ratio eta * ||w|| / ||g||, then momentum. With `exclude_bn_bias`, biases and
+BatchNorm parameters (every parameter with fewer than 2 dimensions, which also catches the BN
+of a ResNet's downsample shortcut that name matching misses) get neither weight decay nor the
+trust ratio; a LARS that adapts them is a known cause of reproductions falling short.
+A group with `fixed_lr` set keeps that lr whatever the schedule writes into it (SimSiam's predictor).
 """
 
 from __future__ import annotations
@@ -12,15 +19,31 @@ import math
 
 import torch
 
+RECIPE_KEYS = ("optimizer", "lr", "lr_scaling", "momentum", "nesterov", "weight_decay", "exclude_bn_bias",
+               "lars_eta", "warmup_epochs", "schedule")
+# SimCLR's optimiser conventions that `pretrain` has no key for (google-research/simclr's LARS exempts
+# BN and biases; the SGD option is Nesterov's, as before)
+SIMCLR_CONVENTIONS = dict(nesterov=True, exclude_bn_bias=True)
 
-class LARS(torch.optim.Optimizer):
+
+class _FixedLR:
+    """Mixin: before each step, groups with a `fixed_lr` take it back (the schedule sets every group)."""
+
+    def _fix_lrs(self):
+        for group in self.param_groups:
+            if group.get("fixed_lr") is not None:
+                group["lr"] = group["fixed_lr"]
+
+
+class LARS(_FixedLR, torch.optim.Optimizer):
     def __init__(self, param_groups, lr: float, momentum: float = 0.9, weight_decay: float = 0.0,
                  eta: float = 0.001):
         super().__init__(param_groups, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, eta=eta,
-                                            lars=True))
+                                            lars=True, fixed_lr=None))
 
     @torch.no_grad()
     def step(self, closure=None):
+        self._fix_lrs()
         for group in self.param_groups:
             for w in group["params"]:
                 if w.grad is None:
@@ -40,12 +63,34 @@ class LARS(torch.optim.Optimizer):
                 w.add_(buf, alpha=-group["lr"])
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Weights (>= 2 dims) with weight decay and LARS adaptation; biases and BN params without."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    plain = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
-    return [dict(params=decay, weight_decay=weight_decay, lars=True),
-            dict(params=plain, weight_decay=0.0, lars=False)]
+class SGD(_FixedLR, torch.optim.SGD):
+    def step(self, closure=None):
+        self._fix_lrs()
+        return super().step(closure)
+
+
+class AdamW(_FixedLR, torch.optim.AdamW):
+    def step(self, closure=None):
+        self._fix_lrs()
+        return super().step(closure)
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float, exclude_bn_bias: bool = True,
+                 fixed: tuple = (), fixed_lr: float | None = None) -> list[dict]:
+    """Weights (>= 2 dims) with weight decay and LARS adaptation; biases and BN params without
+    (unless not `exclude_bn_bias`: then every parameter is decayed and adapted). Parameters in
+    `fixed` get their own groups at `fixed_lr`, after the scheduled ones (group 0 is scheduled)."""
+    fixed_ids = {id(q) for q in fixed}
+    groups = []
+    for is_fixed in (False, True):
+        params = [q for q in model.parameters() if q.requires_grad and (id(q) in fixed_ids) == is_fixed]
+        split = [(params, True)] if not exclude_bn_bias else [([q for q in params if q.ndim >= 2], True),
+                                                              ([q for q in params if q.ndim < 2], False)]
+        for ps, decay in split:
+            if ps:
+                groups.append(dict(params=ps, weight_decay=weight_decay if decay else 0.0, lars=decay,
+                                   fixed_lr=fixed_lr if is_fixed else None))
+    return groups
 
 
 def scaled_lr(base: float, batch_size: int, scaling: str) -> float:
@@ -56,20 +101,37 @@ def scaled_lr(base: float, batch_size: int, scaling: str) -> float:
     return base
 
 
-def build(model: torch.nn.Module, t: dict) -> torch.optim.Optimizer:
-    """The optimizer the `pretrain` params describe, at the scaled peak learning rate."""
+def recipe(p: dict) -> dict:
+    """The `pretrain` params with the optimiser keys of the method's recipe: what the run trains with.
+    SimCLR / supervised: pretrain's own keys (LARS exempts BN and biases; SGD is Nesterov's)."""
+    t = dict(p["pretrain"])
+    if p["method"] in ("simclr", "supervised"):
+        return dict(t, **SIMCLR_CONVENTIONS)
+    r = p[p["method"]]["recipe"]
+    t.update({k: r[k] for k in RECIPE_KEYS if k in r})
+    t["lr"] = r["lr"] * r["lr_factor"]
+    t["warmup_epochs"] = r["warmup_fraction"] * t["epochs"]
+    return t
+
+
+def build(module: torch.nn.Module, t: dict) -> torch.optim.Optimizer:
+    """The optimizer of recipe `t` (optim.recipe) at the scaled peak learning rate; parameters that
+    `module.fixed_lr_parameters()` names (a method's) stay at that peak. A bare `pretrain` dict is
+    SimCLR's recipe."""
+    t = {**SIMCLR_CONVENTIONS, **t}
     lr = scaled_lr(t["lr"], t["batch_size"], t["lr_scaling"])
-    groups = param_groups(model, t["weight_decay"])
+    fixed = module.fixed_lr_parameters() if hasattr(module, "fixed_lr_parameters") else ()
+    groups = param_groups(module, t["weight_decay"], t["exclude_bn_bias"], fixed, lr)
     if t["optimizer"] == "lars":
         return LARS(groups, lr=lr, momentum=t["momentum"], eta=t["lars_eta"])
     for grp in groups:
         grp.pop("lars")
     if t["optimizer"] == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=t["momentum"], nesterov=True)
-    return torch.optim.AdamW(groups, lr=lr)
+        return SGD(groups, lr=lr, momentum=t["momentum"], nesterov=t["nesterov"])
+    return AdamW(groups, lr=lr)
 
 
-def lr_at(step: int, total: int, warmup: int, peak: float, schedule: str) -> float:
+def lr_at(step: int, total: int, warmup: float, peak: float, schedule: str) -> float:
     """Linear warmup over `warmup` steps, then cosine decay to 0 (or constant)."""
     if step < warmup:
         return peak * (step + 1) / warmup

@@ -47,10 +47,23 @@ CHOICES = {
     "encoder.stem": ("auto", "cifar", "imagenet"),
     "head.type": ("none", "linear", "mlp"),
     "pretrain.loss": ("nt_xent", "nt_logistic", "margin_triplet"),
+    "pretrain.negatives": ("both", "one"),
     "pretrain.optimizer": ("lars", "sgd", "adam"),
     "pretrain.lr_scaling": ("linear", "sqrt", "none"),
     "pretrain.schedule": ("cosine", "constant"),
     "runtime.device": ("auto", "cpu", "cuda"),
+    "moco.recipe.optimizer": ("lars", "sgd", "adam"),
+    "moco.recipe.lr_scaling": ("linear", "sqrt", "none"),
+    "moco.recipe.schedule": ("cosine", "constant"),
+    "byol.recipe.optimizer": ("lars", "sgd", "adam"),
+    "byol.recipe.lr_scaling": ("linear", "sqrt", "none"),
+    "byol.recipe.schedule": ("cosine", "constant"),
+    "simsiam.recipe.optimizer": ("lars", "sgd", "adam"),
+    "simsiam.recipe.lr_scaling": ("linear", "sqrt", "none"),
+    "simsiam.recipe.schedule": ("cosine", "constant"),
+    "wcl.recipe.optimizer": ("lars", "sgd", "adam"),
+    "wcl.recipe.lr_scaling": ("linear", "sqrt", "none"),
+    "wcl.recipe.schedule": ("cosine", "constant"),
 }
 POSITIVE = ("> 0", lambda v: v > 0)
 NONNEG = (">= 0", lambda v: v >= 0)
@@ -136,6 +149,30 @@ RANGES = {
     "eval.semi.lr": POSITIVE,
     "runtime.threads": _between(0, 1024),
     "runtime.checkpoint_every": _between(1, 100_000),
+    "moco.recipe.lr": POSITIVE,
+    "moco.recipe.lr_factor": POSITIVE,
+    "moco.recipe.momentum": ("in [0, 1)", lambda v: 0 <= v < 1),
+    "moco.recipe.weight_decay": NONNEG,
+    "moco.recipe.lars_eta": POSITIVE,
+    "moco.recipe.warmup_fraction": ("in [0, 1)", lambda v: 0 <= v < 1),
+    "byol.recipe.lr": POSITIVE,
+    "byol.recipe.lr_factor": POSITIVE,
+    "byol.recipe.momentum": ("in [0, 1)", lambda v: 0 <= v < 1),
+    "byol.recipe.weight_decay": NONNEG,
+    "byol.recipe.lars_eta": POSITIVE,
+    "byol.recipe.warmup_fraction": ("in [0, 1)", lambda v: 0 <= v < 1),
+    "simsiam.recipe.lr": POSITIVE,
+    "simsiam.recipe.lr_factor": POSITIVE,
+    "simsiam.recipe.momentum": ("in [0, 1)", lambda v: 0 <= v < 1),
+    "simsiam.recipe.weight_decay": NONNEG,
+    "simsiam.recipe.lars_eta": POSITIVE,
+    "simsiam.recipe.warmup_fraction": ("in [0, 1)", lambda v: 0 <= v < 1),
+    "wcl.recipe.lr": POSITIVE,
+    "wcl.recipe.lr_factor": POSITIVE,
+    "wcl.recipe.momentum": ("in [0, 1)", lambda v: 0 <= v < 1),
+    "wcl.recipe.weight_decay": NONNEG,
+    "wcl.recipe.lars_eta": POSITIVE,
+    "wcl.recipe.warmup_fraction": ("in [0, 1)", lambda v: 0 <= v < 1),
 }
 
 
@@ -411,12 +448,18 @@ def pretrain_params(p: dict) -> dict:
     for name in METHOD_BLOCKS:
         if q["method"] != name:
             del q[name]
+    if q["method"] in METHOD_BLOCKS:  # its own recipe replaces pretrain's optimiser keys (optim.recipe)
+        own = set(q[q["method"]]["recipe"]) | ({"warmup_epochs"} if "warmup_fraction" in q[q["method"]]["recipe"]
+                                               else set())
+        for key in own & set(t):
+            del t[key]
     if q["method"] == "supervised":
         del q["head"]
         for key in ("loss", "temperature", "l2_normalize", "margin", "semi_hard"):
             del t[key]
-    elif t["loss"] != "margin_triplet":
-        del t["margin"], t["semi_hard"]
+    else:
+        for key in unused_loss_keys(t):
+            del t[key]
     used = set(aug["ops"]) | ({"crop"} if aug["branches"] == "one" else set())
     for op in AUG_OPS:
         if op not in used:
@@ -424,6 +467,16 @@ def pretrain_params(p: dict) -> dict:
     if aug["branches"] == "both":
         del aug["base_crop_scale"]
     return q
+
+
+def unused_loss_keys(t: dict) -> list[str]:
+    """The `pretrain` loss keys the configured loss does not read (left out of a run's identity):
+    margin is the margin loss's margin and the semi-hard window of NT-Logistic; NT-Xent mines nothing."""
+    if t["loss"] == "nt_xent":
+        return ["margin", "semi_hard"]
+    if t["loss"] == "nt_logistic" and not t["semi_hard"]:
+        return ["margin"]
+    return []
 
 
 def eval_params(p: dict) -> dict:

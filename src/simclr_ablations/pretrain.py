@@ -108,7 +108,7 @@ def _train(p: dict, data_dir: Path, out_dir: Path, threads: int, log) -> dict:
         images, labels = data.load_prepared(data_dir, "train")
     else:
         images, labels = data.pretrain_images(data_dir)
-    t, aug = p["pretrain"], p["augment"]
+    t, aug = optim.recipe(p), p["augment"]
     n, bs = images.shape[0], t["batch_size"]
     steps_per_epoch = n // bs
     if steps_per_epoch == 0:
