@@ -65,3 +65,19 @@ def test_zero_init_residual_makes_every_block_its_shortcut(depth):
                if isinstance(b, (models.BasicBlock, models.Bottleneck)))
     # the other BatchNorms keep gamma = 1
     assert torch.all(blocks[0].bn1.weight == 1)
+
+
+def test_zero_epochs_saves_the_initialised_model(smoke_data, tmp_path):
+    """pretrain.epochs = 0: the untrained-encoder baseline, evaluated like any run."""
+    from simclr_ablations import evaluate, pretrain
+
+    p = params.load("smoke", settings=["pretrain.epochs=0", "pretrain.warmup_epochs=0"])
+    s = pretrain.train(p, smoke_data, tmp_path, threads=1, log=lambda *_: None)
+    assert s["steps"] == 0 and s["epochs"] == 0
+    model, _ = pretrain.load_model(tmp_path, torch.device("cpu"))
+    fresh = pretrain.build_model(p, 10)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values()))
+    m = evaluate.evaluate(tmp_path, smoke_data, threads=1)
+    assert 0 <= m["linear_top1"] <= 100
+    with pytest.raises(params.ParamsError, match="pretrain.epochs"):
+        params.load("smoke", settings=["pretrain.epochs=-1"])

@@ -74,7 +74,7 @@ RANGES = {
     "pretrain.temperature": POSITIVE,
     "pretrain.margin": NONNEG,
     "pretrain.batch_size": ("an integer >= 2", lambda v: v >= 2),
-    "pretrain.epochs": AT_LEAST_1,
+    "pretrain.epochs": ("an integer >= 0 (0: the untrained, initialised model)", lambda v: v >= 0),
     "pretrain.lr": POSITIVE,
     "pretrain.momentum": ("in [0, 1)", lambda v: 0 <= v < 1),
     "pretrain.weight_decay": NONNEG,
