@@ -104,6 +104,13 @@ def synthetic(classes: int, size: int, n: int, seed: int) -> tuple[torch.Tensor,
 def load_raw(d: dict) -> dict:
     """{'train': (x, y), 'test': (x, y), 'classes': [...]} for the dataset the data params name."""
     name = d["dataset"]
+    if name == "synthetic" and d["synthetic"]["kind"] == "textures":  # the default: synthetic.py
+        from . import synthetic as tex
+
+        s = d["synthetic"]
+        return {"train": tex.textures(s["classes"], d["image_size"], s["train_size"], s["seed"]),
+                "test": tex.textures(s["classes"], d["image_size"], s["test_size"], s["seed"] + 1),
+                "classes": list(tex.TEXTURES[: s["classes"]])}
     if name == "synthetic":
         s = d["synthetic"]
         return {

@@ -26,6 +26,7 @@ CHOICES = {
     "method": ("simclr", "supervised", "moco", "byol", "simsiam", "wcl"),
     "moco.negatives": ("queue", "bank"),
     "data.dataset": ("synthetic", "cifar10", "cifar100", "stl10", "imagefolder"),
+    "data.synthetic.kind": ("textures", "shapes"),
     "augment.branches": ("both", "one"),
     "encoder.depth": DEPTHS,
     "encoder.stem": ("auto", "cifar", "imagenet"),
