@@ -129,14 +129,34 @@ def test_sobel_on_gray_edges():
 
 
 def test_one_branch_protocol(batch):
-    """Fig. 5: both views cropped (here an identity crop), studied ops on the first view only."""
+    """Fig. 5: an identity base crop here; the studied ops on the first view only."""
     aug = params.load(settings=["augment.branches=one", "augment.ops=[color, rotate]", "augment.base_crop_scale=1.0",
-                                "augment.crop.ratio_min=1.0", "augment.crop.ratio_max=1.0",
-                                "augment.crop.flip=0.0"])["augment"]
+                                "augment.crop.ratio_min=1.0", "augment.crop.ratio_max=1.0"])["augment"]
     x = augment.to_float(batch)
     v1, v2 = augment.two_views(batch, aug, _gen())
-    assert torch.allclose(v2, x, atol=1e-5)
+    assert torch.allclose(v2, x, atol=1e-5)  # crop.flip = 0.5, yet the untouched view is never flipped
     assert not torch.allclose(v1, x, atol=1e-2)
+
+
+def test_one_branch_shares_one_crop_and_adds_nothing_else(batch):
+    """Fig. 5 as the paper ran it: one random crop per image for both views, no independent flip."""
+    aug = params.load(settings=["augment.branches=one", "augment.ops=[noise]", "augment.noise.std=0.02",
+                                "augment.crop.flip=1.0"])["augment"]
+    assert aug["base_crop_scale"] == 0.08
+    x = augment.to_float(batch)
+    v1, v2 = augment.two_views(batch, aug, _gen())
+    assert (v1 - v2).abs().max() < 0.11  # the same geometry: only the studied op's noise differs
+    moved = (v2 - x).abs().flatten(1).amax(1) > 0.05
+    assert moved.float().mean() > 0.9  # the shared view is a real crop, not the whole image
+    # with colour as the studied op the geometry is still shared: equal gradients' signs almost everywhere
+    aug = params.load(settings=["augment.branches=one", "augment.ops=[color]", "augment.color.p_gray=0.0"])["augment"]
+    v1, v2 = augment.two_views(batch, aug, _gen(3))
+    assert not torch.allclose(v1, v2, atol=1e-2)
+    for dim in (2, 3):
+        d1, d2 = v1.mean(1).diff(dim=dim - 1), v2.mean(1).diff(dim=dim - 1)
+        big = d2.abs() > 0.05
+        agree = (torch.sign(d1[big]) == torch.sign(d2[big])).float().mean()
+        assert agree > 0.9
 
 
 def test_both_branches_are_independent(batch):

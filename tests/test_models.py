@@ -46,3 +46,38 @@ def test_simclr_net_features():
     x = torch.randn(3, 3, 32, 32)
     assert net.features(x, 0).shape[1] == net.encoder.dim
     assert torch.allclose(net.features(x, 3), net(x))
+
+
+@pytest.mark.parametrize("depth", [10, 50])
+def test_zero_init_residual_makes_every_block_its_shortcut(depth):
+    p = params.load("smoke", settings=[f"encoder.depth={depth}"])
+    assert p["encoder"]["zero_init_residual"] is True  # the default, as the official resnet.py
+    net = models.encoder(p).eval()
+    blocks = [m for m in net.modules() if isinstance(m, (models.BasicBlock, models.Bottleneck))]
+    last = [getattr(b, b.last_bn) for b in blocks]
+    assert blocks and all(torch.count_nonzero(bn.weight) == 0 for bn in last)
+    assert all(torch.all(bn.bias == 0) for bn in last)
+    x = torch.randn(2, blocks[0].conv1.in_channels, 8, 8)
+    assert torch.allclose(blocks[0](x), torch.relu(blocks[0].shortcut(x)))
+    off = models.encoder(params.load("smoke", settings=[f"encoder.depth={depth}",
+                                                        "encoder.zero_init_residual=false"]))
+    assert all(torch.all(getattr(b, b.last_bn).weight == 1) for b in off.modules()
+               if isinstance(b, (models.BasicBlock, models.Bottleneck)))
+    # the other BatchNorms keep gamma = 1
+    assert torch.all(blocks[0].bn1.weight == 1)
+
+
+def test_zero_epochs_saves_the_initialised_model(smoke_data, tmp_path):
+    """pretrain.epochs = 0: the untrained-encoder baseline, evaluated like any run."""
+    from simclr_ablations import evaluate, pretrain
+
+    p = params.load("smoke", settings=["pretrain.epochs=0", "pretrain.warmup_epochs=0"])
+    s = pretrain.train(p, smoke_data, tmp_path, threads=1, log=lambda *_: None)
+    assert s["steps"] == 0 and s["epochs"] == 0
+    model, _ = pretrain.load_model(tmp_path, torch.device("cpu"))
+    fresh = pretrain.build_model(p, 10)
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values()))
+    m = evaluate.evaluate(tmp_path, smoke_data, threads=1)
+    assert 0 <= m["linear_top1"] <= 100
+    with pytest.raises(params.ParamsError, match="pretrain.epochs"):
+        params.load("smoke", settings=["pretrain.epochs=-1"])

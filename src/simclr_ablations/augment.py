@@ -4,8 +4,9 @@ Every op takes a float batch B x 3 x H x W in [0, 1] (on the CPU or the GPU), th
 and a torch.Generator on the batch's device, and returns a batch of the same shape. Random
 parameters are drawn per sample in one call each, so there is no Python loop over images and
 the whole pipeline runs where the batch lives. `two_views` builds SimCLR's pair of views,
-either with every op on both branches or with the paper's Fig. 5 protocol (both views cropped
-and resized, the studied ops on one branch only).
+either with every op on both branches or with the paper's Fig. 5 protocol: each image is
+cropped and resized once, that same x_i is one view ("t(x_i) = x_i"), and the studied ops
+transform a copy of it into the other view.
 """
 
 from __future__ import annotations
@@ -218,13 +219,17 @@ def to_float(x: torch.Tensor) -> torch.Tensor:
 
 
 def two_views(x: torch.Tensor, aug: dict, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """The two augmented views of a batch (uint8 or float in [0, 1]), un-normalised."""
+    """The two augmented views of a batch (uint8 or float in [0, 1]), un-normalised.
+
+    branches=both: every op on each view, drawn independently. branches=one (Fig. 5 as the paper ran
+    it): one random crop-and-resize per image (area >= base_crop_scale, the crop's aspect ratios, no
+    flip) shared by both views; the studied ops go on the first view only, nothing else on the second.
+    """
     x = to_float(x)
     if aug["branches"] == "both":
         return apply_ops(x, aug["ops"], aug, g), apply_ops(x, aug["ops"], aug, g)
-    base = dict(aug["crop"], scale_min=aug["base_crop_scale"])
-    v1, v2 = crop(x, base, g), crop(x, base, g)
-    return apply_ops(v1, aug["ops"], aug, g), v2
+    base = crop(x, dict(aug["crop"], scale_min=aug["base_crop_scale"], flip=0.0), g)
+    return apply_ops(base, aug["ops"], aug, g), base
 
 
 def small_views(x: torch.Tensor, aug: dict, g: torch.Generator, size: int, scale_min: float,

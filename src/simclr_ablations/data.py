@@ -157,7 +157,14 @@ def load_raw(d: dict) -> dict:
     limited to the class-balanced train_limit / test_limit subsets (drawn before any decoding)."""
     name = d["dataset"]
     limits = {"train": d["train_limit"], "test": d["test_limit"]}
-    if name == "synthetic":
+    if name == "synthetic" and d["synthetic"]["kind"] == "textures":  # the default: synthetic.py
+        from . import synthetic as tex
+
+        s = d["synthetic"]
+        out = {"train": tex.textures(s["classes"], d["image_size"], s["train_size"], s["seed"]),
+               "test": tex.textures(s["classes"], d["image_size"], s["test_size"], s["seed"] + 1),
+               "classes": list(tex.TEXTURES[: s["classes"]])}
+    elif name == "synthetic":
         s = d["synthetic"]
         out = {
             "train": synthetic(s["classes"], d["image_size"], s["train_size"], s["seed"]),

@@ -1,5 +1,7 @@
 """Study figures in the style of the paper's, drawn from the study tables (mean with std error bars,
-every seed as a dot), with the paper's own numbers beside ours where the study matches."""
+every seed as a dot), with the paper's own numbers beside ours where the study matches. When the
+grid made the untrained-encoder baseline (`untrained_runs.csv`), every accuracy panel of this run
+shows it as a dashed line, and heat-map cells below it are marked with a down arrow."""
 
 from __future__ import annotations
 
@@ -37,8 +39,8 @@ def _bars(ax, labels, agg, runs, key, metric="top1", offset=0.0, width=0.8, labe
     return x
 
 
-def augmentations(agg, runs, ax_title):
-    ops = studies.spec()["studies"]["augmentations"]["axes"]["pair"]["pairs"]
+def augmentations(agg, runs, ax_title, study="augmentations"):
+    ops = studies.spec()["studies"][study]["axes"]["pair"]["pairs"]
     val = {}
     for _, r in agg.iterrows():
         parts = r["pair"].split("+")
@@ -57,8 +59,14 @@ def augmentations(agg, runs, ax_title):
     ax.set_xlabel("2nd transformation")
     ax.set_ylabel("1st transformation (row average)")
     fig.colorbar(im, ax=ax, label=YLABEL)
-    ax.set_title(ax_title + "\n(diagonal: single op; ops on one branch only, both views cropped)", fontsize=9)
+    protocol = ("every op on both branches" if study == "augmentations_both"
+                else "one shared crop per image, ops on one branch only")
+    ax.set_title(ax_title + f"\n(diagonal: single op; {protocol})", fontsize=9)
     return fig
+
+
+def augmentations_both(agg, runs, ax_title):
+    return augmentations(agg, runs, ax_title, "augmentations_both")
 
 
 def color_strength(agg, runs, ax_title):
@@ -235,6 +243,27 @@ def methods(agg, runs, ax_title):
     return fig
 
 
+def mark_baseline(fig, floor: float) -> None:
+    """The untrained encoder's accuracy on this run's panels: a dashed line on bar/point panels, an arrow on
+    heat-map cells below it (panels of the paper's or the literature's numbers are left alone)."""
+    for ax in fig.axes:
+        title, ylabel = ax.get_title(), ax.get_ylabel()
+        if title.startswith(("paper", "literature")) or not ylabel:
+            continue
+        if ax.images:  # heat map
+            for t in ax.texts:
+                try:
+                    below = float(t.get_text()) < floor
+                except ValueError:
+                    continue
+                if below:
+                    t.set_text(t.get_text() + "↓")
+            ax.set_title(title + f"\n↓: below the untrained encoder ({floor:.1f})", fontsize=9)
+        elif "top-1" in ylabel:
+            ax.axhline(floor, ls="--", color="r", lw=1, label=f"untrained encoder ({floor:.1f})")
+            ax.legend(fontsize=7)
+
+
 def draw(study: str, tables_dir: Path, out: Path, caption: str) -> None:
     agg = pd.read_csv(Path(tables_dir) / f"{study}.csv", dtype=str, keep_default_na=False)
     runs = pd.read_csv(Path(tables_dir) / f"{study}_runs.csv", dtype=str, keep_default_na=False)
@@ -244,4 +273,7 @@ def draw(study: str, tables_dir: Path, out: Path, caption: str) -> None:
                 frame[col] = pd.to_numeric(frame[col].replace("", np.nan))
     title = f"{studies.spec()['studies'][study]['title']}\n{caption}"
     fig = globals()[study](agg, runs, title)
+    base = Path(tables_dir) / "untrained_runs.csv"
+    if base.exists():
+        mark_baseline(fig, float(pd.read_csv(base)["top1"].mean()))
     save(fig, out)

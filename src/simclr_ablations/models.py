@@ -5,6 +5,11 @@ embedding z that the loss sees. Small images use the CIFAR stem the paper's Appe
 prescribes (3x3 conv, stride 1, no max-pool); a 7x7 stride-2 stem with max-pool is for large
 images. `Head.layers_out` exposes every intermediate layer so evaluation can read h, g(h) or
 anything in between (Table 3 / Fig. 8).
+
+With `zero_init_residual` the last BatchNorm of every residual block starts with gamma = 0, so
+each block starts as the identity (its shortcut); the official SimCLR ResNet does this
+(`batch_norm_relu(..., init_zero=True)` in google-research/simclr resnet.py), and it steadies the
+first steps, which matters when a run is a few hundred steps long.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ LAYOUT = {10: ("basic", (1, 1, 1, 1)), 18: ("basic", (2, 2, 2, 2)), 34: ("basic"
 
 class BasicBlock(nn.Module):
     expansion = 1
+    last_bn = "bn2"
 
     def __init__(self, cin, planes, stride):
         super().__init__()
@@ -35,6 +41,7 @@ class BasicBlock(nn.Module):
 
 class Bottleneck(nn.Module):
     expansion = 4
+    last_bn = "bn3"
 
     def __init__(self, cin, planes, stride):
         super().__init__()
@@ -61,7 +68,7 @@ def _shortcut(cin, cout, stride):
 class ResNet(nn.Module):
     """ResNet-`depth` with every channel count multiplied by `width`; forward returns h."""
 
-    def __init__(self, depth: int, width: float, stem: str):
+    def __init__(self, depth: int, width: float, stem: str, zero_init_residual: bool = True):
         super().__init__()
         kind, blocks = LAYOUT[depth]
         block = BasicBlock if kind == "basic" else Bottleneck
@@ -82,6 +89,8 @@ class ResNet(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if zero_init_residual and isinstance(m, (BasicBlock, Bottleneck)):
+                nn.init.zeros_(getattr(m, m.last_bn).weight)
 
     def forward(self, x):
         return self.layers(self.stem(x)).mean((2, 3))
@@ -93,7 +102,7 @@ def stem_for(stem: str, image_size: int) -> str:
 
 def encoder(p: dict) -> ResNet:
     e = p["encoder"]
-    return ResNet(e["depth"], e["width"], stem_for(e["stem"], p["data"]["image_size"]))
+    return ResNet(e["depth"], e["width"], stem_for(e["stem"], p["data"]["image_size"]), e["zero_init_residual"])
 
 
 class Head(nn.Module):

@@ -6,6 +6,9 @@ device and augments it there as a tensor (augment.py), so there is no data-loade
 starve the GPU. Randomness is derived from (seed, epoch), which is what makes a resumed run
 identical to an uninterrupted one: a checkpoint is written atomically after every epoch, and a
 rerun of a killed job continues from the last one.
+
+`pretrain.epochs: 0` saves the initialised model untouched: the untrained-encoder baseline (same
+architecture and seed, same evaluation) that every study is compared against.
 """
 
 from __future__ import annotations
@@ -208,12 +211,14 @@ def _train(p: dict, data_dir: Path, out_dir: Path, threads: int, log) -> dict:
                                         "method": method.state_dict() if method is not None else None,
                                         "optimizer": opt.state_dict(), "history": history}, ckpt_path)
 
+    untrained = dict.fromkeys(["loss"] + (["train_acc"] if p["method"] == "supervised"
+                                          else ["contrastive_acc", "entropy"]), float("nan"))
     summary = {
         "run_id": rid,
         "method": p["method"],
         "epochs": t["epochs"],
         "steps": total,
-        "final": history[-1],
+        "final": history[-1] if history else untrained,
         "train_seconds": round(sum(r["seconds"] for r in history), 2),
         "device": str(device),
         "params_count": models.count_params(model),
