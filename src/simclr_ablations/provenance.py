@@ -131,8 +131,8 @@ def record(device=None, threads: int | None = None, wall_seconds: float | None =
         "git_dirty": git_version().get("dirty", False),
         "package_version": version(),
         "python": platform.python_version(),
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda or "",
+        "torch": str(torch.__version__),
+        "cuda": str(torch.version.cuda or ""),
         "device": dev,
         "device_name": torch.cuda.get_device_name(device) if dev.startswith("cuda") else platform.processor()
         or platform.machine(),

@@ -90,7 +90,7 @@ def expand(preset: str, study: str | None = None, extra: tuple[str, ...] = (), n
             for seed in seeds(preset, n_seeds):
                 settings = tuple(list(extra) + sets + [f"seed={seed}"])
                 try:
-                    p = params.load(preset, settings=list(settings))
+                    p = params.load(preset or None, settings=list(settings))  # "": no preset
                 except params.ParamsError as e:
                     raise params.ParamsError(f"study {name!r}, cell {dict(cell)}: {e}") from e
                 runs.append(Run(name, cell, seed, settings, p, params.pretrain_id(p), params.eval_id(p)))
