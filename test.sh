@@ -5,4 +5,8 @@ cd "$(dirname "$0")"
 bash scripts/setup.sh
 export PATH="$PWD/.venv/bin:$PATH"
 ruff check .
+lint=$(snakemake --lint 2>&1) || true
+echo "$lint"
+grep -q 'Congratulations, your workflow is in a good condition' <<<"$lint" || { echo 'snakemake --lint: fix the above'; exit 1; }
+snakefmt --check .
 python -m pytest "$@"

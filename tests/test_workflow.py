@@ -30,12 +30,36 @@ def test_smoke_grid_outputs(smoke_grid):
     findings = pd.read_csv(res / "findings.csv")
     assert len(findings) >= 11 and set(findings["verdict"]) == {"inconclusive (1 seed)"}
     assert "crop + color is the best pair" in summary and "Verdict rule" in summary
-    # shared runs are trained once: fewer run folders than (study, cell, seed) rows
-    total_rows = sum(len(studies.expand("smoke", s)) for s in studies.names())
-    assert len(list((smoke_grid / "runs/grid").iterdir())) < total_rows
-    # every training job left a log and a benchmark
+    # shared runs are trained once: one folder per pretraining, fewer than (study, cell, seed) rows
+    every = studies.expand("smoke")
+    folders = {d.name for d in (smoke_grid / "runs/grid").iterdir()}
+    assert folders == set(studies.unique(every)) and len(folders) < len(every)
+    # every training job left a log, a benchmark and its provenance; every result file carries the code version
     for d in (smoke_grid / "runs/grid").iterdir():
         assert (d / "pretrain.bench.tsv").exists() and (d / "pretrain.log").exists()
+        for record in [d / "train.json", *d.glob("eval/*/metrics.json")]:
+            prov = json.loads(record.read_text())["provenance"]
+            assert {"code_version", "torch", "cuda", "device", "threads", "wall_seconds"} <= set(prov), record
+        full = json.loads((d / "provenance.json").read_text())
+        assert full["source_hash"] in full["code_version"] and full["threads"] == 1
+    for study in studies.names():
+        runs = pd.read_csv(res / f"tables/{study}_runs.csv")
+        assert runs["code_version"].notna().all() and runs["device"].eq("cpu").all()
+    assert "Code version of every run:" in summary
+
+
+def test_cells_that_differ_only_in_evaluation_share_one_pretraining(smoke_grid):
+    """e.g. the methods study's SimCLR cell (semi-supervised evaluation on) and a color_strength cell."""
+    shared = {}
+    for r in studies.expand("smoke"):
+        shared.setdefault(r.id, set()).add(r.eval_id)
+    pairs = {rid: evs for rid, evs in shared.items() if len(evs) > 1}
+    assert pairs, "the smoke grid has no two cells that differ only in evaluation"
+    for rid, evs in pairs.items():
+        assert len(list((smoke_grid / "runs/grid" / rid).glob("model.pt"))) == 1
+        assert {d.name for d in (smoke_grid / "runs/grid" / rid / "eval").iterdir()} >= evs
+        bench = pd.read_csv(smoke_grid / "runs/grid" / rid / "pretrain.bench.tsv", sep="\t")
+        assert len(bench) == 1  # trained once
 
 
 def test_rerun_does_nothing(smoke_grid):

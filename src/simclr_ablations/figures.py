@@ -264,6 +264,17 @@ def mark_baseline(fig, floor: float) -> None:
             ax.legend(fontsize=7)
 
 
+def untrained(agg, runs, ax_title):
+    """The untrained baseline: its per-seed linear top-1 (the floor drawn on every other figure)."""
+    fig, ax = plt.subplots(figsize=(4, 3.5))
+    labels = list(agg[agg.columns[0]])
+    x = _bars(ax, labels, agg, runs, agg.columns[0])
+    ax.set_xticks(x, labels)
+    ax.set_ylabel("linear top-1 (%)")
+    ax.set_title(ax_title, fontsize=9)
+    return fig
+
+
 def draw(study: str, tables_dir: Path, out: Path, caption: str) -> None:
     agg = pd.read_csv(Path(tables_dir) / f"{study}.csv", dtype=str, keep_default_na=False)
     runs = pd.read_csv(Path(tables_dir) / f"{study}_runs.csv", dtype=str, keep_default_na=False)

@@ -33,6 +33,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from .tables import code_versions
+
 T_LEVEL = 0.975  # two-sided 5%
 BASELINE_TABLE = "untrained"
 RULE = ("paired over seeds: d = A - B per seed; reproduced if mean(d) > t·sd(d)/√n, not reproduced if "
@@ -303,6 +305,10 @@ def write(tables_dir: Path, out_md: Path, preset: str, dataset: str, cost: pd.Da
         lines.append(f"| {r.finding} | **{r.verdict}** | {r.A}: {r.A_mean:.1f}{mark['A']} | "
                      f"{r.B}: {r.B_mean:.1f}{mark['B']} | {diff} | {r.seeds} |")
     lines += ["", "Summary: " + ", ".join(f"{v}: {k}" for k, v in counts.items()) + "."]
+    versions = sorted({v for runs in read_tables(tables_dir, "_runs").values() for v in code_versions(runs)})
+    lines += ["", f"Code version of every run: {versions[0]}." if len(versions) == 1 else
+              f"**Warning: these tables mix {len(versions)} code versions** ({', '.join(versions)}): the runs "
+              "were not all made by the same code (column `code_version` of `tables/<study>_runs.csv`)."]
     if not math.isnan(floor):
         low = below_baseline(read_tables(tables_dir, ""), floor)
         lines += ["", f"## Cells below the untrained encoder ({floor:.1f})", ""]

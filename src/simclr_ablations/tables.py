@@ -112,7 +112,7 @@ def _md(df: pd.DataFrame) -> str:
 def layout(study: str, agg: pd.DataFrame, axes: dict) -> pd.DataFrame:
     """The study in the paper's layout (a display table of strings)."""
     names = list(axes)
-    if study == "augmentations":
+    if study in ("augmentations", "augmentations_both"):
         ops = studies.spec()["studies"][study]["axes"]["pair"]["pairs"]
         val = {}
         for _, row in agg.iterrows():
