@@ -1,17 +1,23 @@
 """`snakemake --profile slurm` on a real one-node Slurm cluster with fake GPUs (tests/slurm_cluster.py):
-preemption and failures on small targets, then the whole smoke grid.
+preemption and failures on small targets, then a reduced study set (SLURM_STUDIES) of the smoke grid.
 
 The GPU stages ask for `--gpus=1` (slurm/config.yaml); the node schedules them on its fake GPUs and
 the training code, which finds no CUDA driver, runs on the CPU with the preset's thread count, as
 `snakemake -c2` does locally, so both give the same numbers. Snakemake always runs under
 `timeout -k`; the cluster's daemons are stopped by PID at the end of the session.
+
+Run folders are found by glob (runs/grid/**/metrics.json) or through `pretrain_dir` / `metrics_target`,
+so that the tests hold for today's layout (runs/grid/<run>/) and for the split one of issue 11
+(runs/grid/<pretrain_id>/eval/<eval_id>/).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -23,12 +29,16 @@ import pytest
 import yaml
 from slurm_cluster import Cluster, slurm_cluster  # noqa: F401  (the fixture)
 
+from simclr_ablations import params as P
 from simclr_ablations import studies
 
 from conftest import ROOT, copy_project, run
 
 pytestmark = pytest.mark.e2e
 
+# The grid through Slurm: two cheap studies that share two runs (so a run asked for by two studies is
+# one Slurm job). The whole smoke grid runs locally in tests/test_workflow.py; here it would only repeat.
+SLURM_STUDIES = ["temperature", "losses"]
 # CI override for the grid on a 2-core node: one Slurm job per run (pretrain + evaluate grouped), which
 # halves the number of Snakemake start-ups inside jobs; the fault tests use the profile as it is.
 GRID_GROUPS = ["--groups", "pretrain=run", "evaluate=run"]
@@ -37,19 +47,53 @@ GRID_GROUPS = ["--groups", "pretrain=run", "evaluate=run"]
 LONG = ("cpu", "16")
 
 
-def env() -> dict:
-    return dict(os.environ, PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
+def studies_arg(names: list[str]) -> str:
+    return f"studies=[{','.join(names)}]"
+
+
+# ---- where a run's files are (today's layout, or issue 11's split ids when params provides them) -----
+
+
+def pretrain_dir(r: studies.Run) -> str:
+    """The folder of a run's pretraining: runs/grid/<pretraining id>."""
+    pid = P.pretrain_id(r.params) if hasattr(P, "pretrain_id") else r.id
+    return f"runs/grid/{pid}"
+
+
+def metrics_target(r: studies.Run) -> str:
+    """The metrics.json of a run's evaluation."""
+    if hasattr(P, "eval_id"):
+        return f"{pretrain_dir(r)}/eval/{P.eval_id(r.params)}/metrics.json"
+    return f"{pretrain_dir(r)}/metrics.json"
+
+
+def metrics_of(work: Path) -> dict[str, tuple[float, float]]:
+    """{path of each metrics.json under runs/grid, relative to work: (linear top-1, kNN top-1)}."""
+    out = {}
+    for f in sorted((work / "runs/grid").glob("**/metrics.json")):
+        m = json.loads(f.read_text())
+        out[str(f.relative_to(work))] = (m["linear_top1"], m["knn_top1"])
+    return out
+
+
+# ---- processes ---------------------------------------------------------------------------------
+
+
+def env(path_first: Path | None = None) -> dict:
+    path = f"{Path(sys.executable).parent}:{os.environ['PATH']}"
+    return dict(os.environ, PATH=f"{path_first}:{path}" if path_first else path)
 
 
 def snakemake(work: Path, *args, timeout: int, check=True) -> subprocess.CompletedProcess:
     return run(["timeout", "-k", "20", timeout, "snakemake", *args], work, timeout=timeout + 60, check=check)
 
 
-def start_snakemake(work: Path, *args, timeout: int, log: Path) -> subprocess.Popen:
-    """Snakemake in the background (in its own process group, led by `timeout`)."""
+def start_snakemake(work: Path, *args, timeout: int, log: Path, path_first: Path | None = None) -> subprocess.Popen:
+    """Snakemake in the background (in its own process group, led by `timeout`); `path_first`: a
+    folder of wrapper commands put first on its PATH (and so on its Slurm jobs', which export it)."""
     with open(log, "w") as out:
         return subprocess.Popen(["timeout", "-k", "20", str(timeout), "snakemake", *map(str, args)], cwd=work,
-                                stdout=out, stderr=subprocess.STDOUT, env=env(), start_new_session=True)
+                                stdout=out, stderr=subprocess.STDOUT, env=env(path_first), start_new_session=True)
 
 
 def finish(proc: subprocess.Popen, log: Path, timeout: int, expect_rc=0) -> str:
@@ -90,13 +134,24 @@ def child_of(pid: int) -> int:
     raise AssertionError(f"process {pid} has no child")
 
 
+# ---- Slurm jobs and Snakemake logs -------------------------------------------------------------
+
+
 def jobs_of(cluster: Cluster, work: Path) -> list[dict]:
     return [j for j in cluster.jobs() if j.get("WorkDir") == str(work)]
 
 
-def job_of(cluster: Cluster, work: Path, rule: str, run_id: str, state: str | None = None) -> dict | None:
+def rule_of(job: dict) -> str:
+    """The rule (or group) a Slurm job was submitted for, from the plugin's comment rule_<name>[_wildcards_...]."""
+    return job["Comment"].removeprefix("rule_").split("_wildcards_")[0]
+
+
+def job_of(cluster: Cluster, work: Path, rule: str, folder: str, state: str | None = None) -> dict | None:
+    """The Slurm job of `rule` whose wildcards name the run folder `folder` (runs/grid/<id>)."""
+    wildcard = folder.rsplit("/", 1)[1]
     for j in jobs_of(cluster, work):
-        if j.get("Comment") == f"rule_{rule}_wildcards_{run_id}" and (state is None or j["JobState"] == state):
+        if (rule_of(j) == rule and wildcard in j["Comment"].split("_wildcards_", 1)[-1]
+                and (state is None or j["JobState"] == state)):
             return j
     return None
 
@@ -107,35 +162,56 @@ def seconds(t: str) -> int:
     return int(days or 0) * 86400 + h * 3600 + m * 60 + s
 
 
-def metrics(work: Path, run_id: str) -> tuple[float, float]:
-    m = json.loads((work / f"runs/grid/{run_id}/metrics.json").read_text())
-    return m["linear_top1"], m["knn_top1"]
+def log_jobs(log_text: str) -> dict[str, dict]:
+    """{Snakemake job id: {rule, wildcards, output, ...}} of every job block a Snakemake log (or dry run) shows."""
+    out = {}
+    for m in re.finditer(r"\n(?:local)?rule (\w+):\n((?:    .*\n)+)", log_text):
+        fields = dict(re.findall(r"    (\w+): (.*)\n", m[2]))
+        if "jobid" in fields:
+            out[fields["jobid"]] = dict(fields, rule=m[1])
+    return out
 
 
-def started(log_text: str, rule: str) -> dict[str, str]:
-    """{Snakemake job id: run id} of the `rule` jobs a Snakemake log shows it started."""
-    return dict(re.findall(rf"\nrule {rule}:\n(?:    .*\n)*?    jobid: (\d+)\n(?:    .*\n)*?    wildcards: "
-                           rf"run=([0-9a-f]{{12}})", log_text))
+def key(job: dict) -> tuple[str, str]:
+    """A Snakemake job as (rule, wildcards): the same in every log, whatever the run-folder layout."""
+    return job["rule"], job.get("wildcards", "")
 
 
-def finished(log_text: str, rule: str) -> set[str]:
-    """Run ids of the `rule` jobs a Snakemake log shows it saw complete."""
-    ids = started(log_text, rule)
-    return {ids[j] for j in re.findall(rf"Finished jobid: (\d+) \(Rule: {rule}\)", log_text) if j in ids}
+def grid_keys(log_text: str) -> set[tuple[str, str]]:
+    """The pretrain and evaluate jobs a Snakemake log (or dry run) shows started."""
+    return {key(j) for j in log_jobs(log_text).values() if j["rule"] in ("pretrain", "evaluate")}
 
 
-def smoke_ids(study: str) -> list[str]:
-    return list(studies.unique(studies.expand("smoke", study)))
+def slurm_ids(log_text: str) -> dict[str, str]:
+    """{Slurm job id: Snakemake job id} of the jobs a Snakemake log shows it submitted."""
+    return {s: j for j, s in re.findall(r"Job (\d+) has been submitted with SLURM jobid (\d+)", log_text)}
+
+
+def seen_finished(log_text: str) -> set[str]:
+    """Snakemake job ids that a Snakemake log shows it saw complete."""
+    return set(re.findall(r"Finished jobid: (\d+) ", log_text))
 
 
 # ---- preemption and failures ------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def reference(request, tmp_path_factory) -> Path:
+    """Local `snakemake -c2` results to compare with: the session's whole smoke grid where other tests
+    need it anyway (the full suite), else only SLURM_STUDIES (every run the tests here compare)."""
+    if any("smoke_grid" in getattr(item, "fixturenames", ()) and getattr(item, "module", None) is not request.module
+           for item in request.session.items):
+        return request.getfixturevalue("smoke_grid")
+    work = copy_project(tmp_path_factory.mktemp("reference") / "project")
+    run(["snakemake", "-c2", "--config", "preset=smoke", studies_arg(SLURM_STUDIES)], work)
+    return work
+
+
 def test_requeued_pretraining_resumes_from_its_checkpoint(slurm_cluster, tmp_path):  # noqa: F811
     preset, size = LONG
-    run_id = studies.expand(preset, "temperature", (f"data.image_size={size}",))[0].id
-    target = f"runs/grid/{run_id}/metrics.json"
-    config = ["--config", f"preset={preset}", f"image_size={size}"]
+    r = studies.expand(preset, "temperature", (f"data.image_size={size}",))[0]
+    folder, target = pretrain_dir(r), metrics_target(r)
+    config = ["--config", f"preset={preset}", f"image_size={size}", studies_arg(["temperature"])]
     work = copy_project(tmp_path / "slurm")
     ref = copy_project(tmp_path / "local")
     log, ref_log = tmp_path / "slurm.log", tmp_path / "local.log"
@@ -143,12 +219,12 @@ def test_requeued_pretraining_resumes_from_its_checkpoint(slurm_cluster, tmp_pat
     reference = start_snakemake(ref, target, "-c1", *config, timeout=900, log=ref_log)
     proc = start_snakemake(work, target, "--profile", "slurm", *config, timeout=900, log=log)
     try:
-        ckpt = work / f"runs/grid/{run_id}/checkpoint.pt"
-        job = wait_for(lambda: ckpt.exists() and job_of(slurm_cluster, work, "pretrain", run_id, "RUNNING"), 300,
+        ckpt = work / folder / "checkpoint.pt"
+        job = wait_for(lambda: ckpt.exists() and job_of(slurm_cluster, work, "pretrain", folder, "RUNNING"), 300,
                        "the first checkpoint of the running pretraining job", proc, log, every=0.1)
         run(["scontrol", "requeue", job["JobId"]], work)
         # Slurm holds a requeued job for ~2 minutes (BeginTime); release it now, as an admin could
-        wait_for(lambda: job_of(slurm_cluster, work, "pretrain", run_id, "PENDING"), 60, "the requeued job", proc, log)
+        wait_for(lambda: job_of(slurm_cluster, work, "pretrain", folder, "PENDING"), 60, "the requeued job", proc, log)
         run(["scontrol", "update", f"JobId={job['JobId']}", "StartTime=now"], work)
         finish(proc, log, 900)
         finish(reference, ref_log, 900)
@@ -156,28 +232,27 @@ def test_requeued_pretraining_resumes_from_its_checkpoint(slurm_cluster, tmp_pat
         for p in (proc, reference):
             if p.poll() is None:
                 os.killpg(p.pid, signal.SIGKILL)
-    pretrain_log = (work / f"runs/grid/{run_id}/pretrain.log").read_text()
-    resumed = re.search(rf"resuming from checkpoint runs/grid/{run_id}/checkpoint.pt at epoch (\d+) \(of (\d+)\)",
+    pretrain_log = (work / folder / "pretrain.log").read_text()
+    resumed = re.search(rf"resuming from checkpoint {folder}/checkpoint.pt at epoch (\d+) \(of (\d+)\)",
                         pretrain_log)
     assert resumed and 1 <= int(resumed[1]) < int(resumed[2]), pretrain_log[-3000:]
-    pretrain_jobs = [j for j in jobs_of(slurm_cluster, work) if j["Comment"] == f"rule_pretrain_wildcards_{run_id}"]
+    pretrain_jobs = [j for j in jobs_of(slurm_cluster, work) if rule_of(j) == "pretrain"]
     assert len(pretrain_jobs) == 1 and pretrain_jobs[0]["Restarts"] == "1", pretrain_jobs  # the same job, requeued
     assert pretrain_jobs[0]["JobState"] == "COMPLETED" and "gpu" in pretrain_jobs[0]["TresPerJob"], pretrain_jobs
-    assert metrics(work, run_id) == metrics(ref, run_id)
-    hist = [pd.read_csv(w / f"runs/grid/{run_id}/history.csv").drop(columns=["seconds", "images_per_s"])
-            for w in (work, ref)]
+    assert metrics_of(work) == metrics_of(ref) and (work / target).exists()
+    hist = [pd.read_csv(w / folder / "history.csv").drop(columns=["seconds", "images_per_s"]) for w in (work, ref)]
     pd.testing.assert_frame_equal(*hist)
 
 
 def test_job_larger_than_the_node_fails_fast(slurm_cluster, tmp_path):  # noqa: F811
     work = copy_project(tmp_path / "p")
-    run_id = smoke_ids("temperature")[0]
+    target = metrics_target(studies.expand("smoke", "temperature")[0])
     too_big = tmp_path / "too_big.yaml"  # a preset whose jobs ask for more memory than the node has
     mem = slurm_cluster.mem_mb * 4
     too_big.write_text(f"resources:\n  smoke: {{threads: 1, gpu: 0, mem_mb: {mem}, runtime: 15}}\n")
     t0 = time.monotonic()
-    proc = snakemake(work, f"runs/grid/{run_id}/metrics.json", "--profile", "slurm", "--configfile", too_big,
-                     "--config", "preset=smoke", timeout=300, check=False)
+    proc = snakemake(work, target, "--profile", "slurm", "--configfile", too_big, "--config", "preset=smoke",
+                     studies_arg(["temperature"]), timeout=300, check=False)
     elapsed = time.monotonic() - t0
     text = proc.stdout + proc.stderr
     assert proc.returncode != 0, text[-4000:]
@@ -190,14 +265,15 @@ def test_job_larger_than_the_node_fails_fast(slurm_cluster, tmp_path):  # noqa: 
                                       and j["RunTime"] == "00:00:00" for j in rejected), rejected
 
 
-def test_cancelled_job_is_retried(slurm_cluster, smoke_grid, tmp_path):  # noqa: F811
-    run_id = smoke_ids("temperature")[0]
+def test_cancelled_job_is_retried(slurm_cluster, reference, tmp_path):  # noqa: F811
+    r = studies.expand("smoke", "temperature")[0]
+    folder, target = pretrain_dir(r), metrics_target(r)
     work = copy_project(tmp_path / "p")
     log = tmp_path / "snakemake.log"
-    proc = start_snakemake(work, f"runs/grid/{run_id}/metrics.json", "--profile", "slurm", "--config",
-                           "preset=smoke", timeout=600, log=log)
+    proc = start_snakemake(work, target, "--profile", "slurm", "--config", "preset=smoke",
+                           studies_arg(["temperature"]), timeout=600, log=log)
     try:
-        job = wait_for(lambda: job_of(slurm_cluster, work, "pretrain", run_id, "RUNNING"), 300,
+        job = wait_for(lambda: job_of(slurm_cluster, work, "pretrain", folder, "RUNNING"), 300,
                        "the pretraining job to run", proc, log)
         run(["scancel", job["JobId"]], work)
         text = finish(proc, log, 600)
@@ -205,115 +281,191 @@ def test_cancelled_job_is_retried(slurm_cluster, smoke_grid, tmp_path):  # noqa:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert f"SLURM-job '{job['JobId']}' failed, SLURM status is: 'CANCELLED'" in text, text[-4000:]
-    pretrain_jobs = [j for j in jobs_of(slurm_cluster, work) if j["Comment"] == f"rule_pretrain_wildcards_{run_id}"]
+    pretrain_jobs = [j for j in jobs_of(slurm_cluster, work) if rule_of(j) == "pretrain"]
     assert [j["JobState"] for j in pretrain_jobs] == ["CANCELLED", "COMPLETED"], pretrain_jobs
-    assert metrics(work, run_id) == metrics(smoke_grid, run_id)
+    assert metrics_of(work)[target] == metrics_of(reference)[target]
 
 
-def test_killed_snakemake_continues_where_it_stopped(slurm_cluster, smoke_grid, tmp_path):  # noqa: F811
+def gated_commands(folder: Path, gates: Path) -> Path:
+    """Wrappers for the first run of the killed-Snakemake test, in `folder`: `sbatch` submits every job
+    held (the test releases them one by one: no job starts, nor holds a CPU, unless the test says so);
+    `simclr-ablations` runs the real command, then, in a Slurm job with a file gates/<job id>.hold, says
+    so in gates/<job id>.written and waits until it is cancelled (its outputs written, the job not done)."""
+    folder.mkdir()
+    gates.mkdir()
+    scripts = {
+        "sbatch": f'#!/bin/sh\nexec {shutil.which("sbatch")} --hold "$@"\n',
+        "simclr-ablations": f"""#!/bin/sh
+"{Path(sys.executable).parent / 'simclr-ablations'}" "$@"
+rc=$?
+gate="{gates}/$SLURM_JOB_ID"
+if [ -n "$SLURM_JOB_ID" ] && [ -e "$gate.hold" ]; then
+  : > "$gate.written"
+  while :; do sleep 1; done
+fi
+exit $rc
+""",
+    }
+    for name, text in scripts.items():
+        (folder / name).write_text(text)
+        (folder / name).chmod(0o755)
+    return folder
+
+
+def crash(job_id: str) -> None:
+    """Kill every process of a running Slurm job at once, as a crash of its node would: all are stopped
+    (SIGSTOP) before any is killed, so none sees another die and cleans up."""
+    mark = f"SLURM_JOB_ID={job_id}\0".encode()
+    pids = []
+    for p in Path("/proc").glob("[0-9]*"):
+        try:
+            if mark in (p / "environ").read_bytes():
+                pids.append(int(p.name))
+        except OSError:
+            continue
+    assert pids, f"no process of Slurm job {job_id}"
+    for sig in (signal.SIGSTOP, signal.SIGKILL):
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
+
+def test_killed_snakemake_continues_where_it_stopped(slurm_cluster, reference, tmp_path):  # noqa: F811
+    """Snakemake killed (SIGKILL) in a state the test sets up job by job, then rerun, must redo exactly what
+    was not finished, leave what was untouched, and finish with the local numbers. At the kill:
+    run A: pretrain and evaluate finished, seen so by Snakemake      -> neither is redone, files untouched
+    run B: pretrain finished and seen; its evaluate job wrote metrics.json, then its node crashed -> redone
+    run C: its pretrain job wrote model.pt, then its node crashed    -> redone (and its evaluate run)
+    the other runs: pretrain jobs submitted but held, never started  -> run."""
     study = "temperature"
-    ids = set(smoke_ids(study))
     work = copy_project(tmp_path / "p")
     log = tmp_path / "first.log"
     target = f"results/smoke/tables/{study}.csv"
-    proc = start_snakemake(work, target, "--profile", "slurm", "--config", "preset=smoke", timeout=900, log=log)
+    config = ["--config", "preset=smoke", studies_arg([study])]
+    planned = grid_keys(snakemake(work, "-n", target, *config, timeout=300).stdout)
+    gates = tmp_path / "gates"
+    wrappers = gated_commands(tmp_path / "bin", gates)
+    proc = start_snakemake(work, target, "--profile", "slurm", *config, timeout=900, log=log, path_first=wrappers)
+
+    def held(rule: str, exclude=()) -> list[str]:
+        return sorted((j["JobId"] for j in jobs_of(slurm_cluster, work) if rule_of(j) == rule
+                       and j["JobState"] == "PENDING" and j["Reason"] == "JobHeldUser" and j["JobId"] not in exclude),
+                      key=int)
+
+    def release(job_id: str) -> None:
+        run(["scontrol", "release", job_id], work)
+
+    def seen(*job_ids: str) -> bool:
+        text = log.read_text()
+        ids = slurm_ids(text)
+        return all(ids.get(j) in seen_finished(text) for j in job_ids)
+
+    n_pretrain, n_evaluate = (sum(rule == r for rule, _ in planned) for r in ("pretrain", "evaluate"))
     try:
-        # kill Snakemake (SIGKILL: no clean-up) once it has seen a run finish and another job runs
-        wait_for(lambda: finished(log.read_text(), "evaluate")
-                 and any(j["JobState"] == "RUNNING" for j in jobs_of(slurm_cluster, work)), 600,
-                 "a finished run and a running job", proc, log)
-        in_flight = {(j["Comment"].split("_")[1], j["Comment"].rsplit("_", 1)[1])
-                     for j in jobs_of(slurm_cluster, work) if j["JobState"] in ("RUNNING", "PENDING")}
+        pretrains = wait_for(lambda: len(held("pretrain")) == n_pretrain and held("pretrain"), 300,
+                             "every pretraining job submitted (held)", proc, log)
+        a, b, c = pretrains[:3]
+        release(a)
+        [eval_a] = wait_for(lambda: held("evaluate"), 300, "the evaluate job of run A", proc, log)
+        release(b)
+        [eval_b] = wait_for(lambda: held("evaluate", exclude={eval_a}), 300, "the evaluate job of run B", proc, log)
+        release(eval_a)
+        wait_for(lambda: seen(a, b, eval_a), 300, "Snakemake to see run A and the pretraining of B complete", proc, log)
+        for j in (eval_b, c):
+            (gates / f"{j}.hold").touch()
+            release(j)
+        wait_for(lambda: all((gates / f"{j}.written").exists() for j in (eval_b, c)), 300,
+                 "the evaluate job of B and the pretrain job of C to write their outputs", proc, log)
         os.kill(child_of(proc.pid), signal.SIGKILL)
         proc.wait(60)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-    first = log.read_text()  # what Snakemake saw complete before it died
-    done = {rule: finished(first, rule) for rule in ("pretrain", "evaluate")}
-    in_flight = {(rule, r) for rule, r in in_flight if r not in done[rule]}
-    assert done["evaluate"] and in_flight and not (work / target).exists()
-    stamps = {r: [(work / f"runs/grid/{r}/{f}").stat().st_mtime_ns for f in ("model.pt", "metrics.json")]
-              for r in done["evaluate"]}
-    # its jobs outlive it; cancel them (they may have written outputs Snakemake never saw complete)
+    first = log.read_text()
+    snake = log_jobs(first)
+    of = {s: snake[j] for s, j in slurm_ids(first).items()}
+    written = [work / of[j]["output"] for j in (eval_b, c)]
+    # its jobs outlive it. The gated ones die as on a node crash: every process of the job stopped, then
+    # killed, so that the Snakemake inside cannot clean up; the held ones never started: cancel them
+    for j in (eval_b, c):
+        crash(j)
     for j in jobs_of(slurm_cluster, work):
         if j["JobState"] in ("RUNNING", "PENDING"):
             run(["scancel", j["JobId"]], work, check=False)
     slurm_cluster.wait_drained()
-    # a job can finish inside Slurm between the kill and the scancel: its job step (a Snakemake of its
-    # own) then records the output complete, and a rerun rightly keeps it
-    finished_alone = {(j["Comment"].split("_")[1], j["Comment"].rsplit("_", 1)[1]) for j in jobs_of(slurm_cluster, work)
-                      if j["JobState"] == "COMPLETED"}
-    partial = {(rule, r) for r in ids for rule, f in (("pretrain", "model.pt"), ("evaluate", "metrics.json"))
-               if (work / f"runs/grid/{r}/{f}").exists() and r not in done[rule]}
-    snakemake(work, "--unlock", "--config", "preset=smoke", timeout=120)
-    again = snakemake(work, target, "--profile", "slurm", "--config", "preset=smoke", timeout=900)
-    text = again.stdout + again.stderr
-    redone = {rule: set(started(text, rule).values()) for rule in ("pretrain", "evaluate")}
-    # no finished run is run again, and its files are untouched
-    assert not redone["pretrain"] & done["pretrain"] and not redone["evaluate"] & done["evaluate"], redone
-    for r in done["evaluate"]:
-        assert [(work / f"runs/grid/{r}/{f}").stat().st_mtime_ns for f in ("model.pt", "metrics.json")] == stamps[r]
-    # what was running, or was written but not seen complete, is redone: no partial output is taken as done
-    for rule, r in in_flight | partial:
-        assert r in redone[rule] or (rule, r) in finished_alone, (rule, r, text[-4000:])
-    for rule in ("pretrain", "evaluate"):
-        kept = {r for rl, r in finished_alone if rl == rule}
-        assert ids - done[rule] - kept <= redone[rule] <= ids - done[rule], (rule, redone, kept)
-    for r in ids:
-        assert metrics(work, r) == metrics(smoke_grid, r), r
+    assert all(f.exists() for f in written), written  # complete files that no Snakemake saw finished
+    states = {j["JobId"]: j["JobState"] for j in jobs_of(slurm_cluster, work)}
+    assert {j for j, s in states.items() if s == "COMPLETED"} == {a, b, eval_a}, states
+    assert set(states) - {a, b, eval_a} == {eval_b, *pretrains[1:]} - {b}, states  # nothing else was submitted
+    done = {key(of[j]) for j in (a, b, eval_a)}
+    assert {key(j) for i, j in snake.items() if i in seen_finished(first) and j["rule"] != "prepare"} == done
+    assert not (work / target).exists()
+    # the outputs of the finished jobs must stay untouched
+    stamps = {f: f.stat().st_mtime_ns for f in (work / of[j]["output"] for j in (a, b, eval_a))}
+
+    snakemake(work, "--unlock", *config, timeout=120)
+    again = snakemake(work, target, "--profile", "slurm", *config, timeout=900)
+    redone = grid_keys(again.stdout + again.stderr)
+    # exactly what was not finished is redone, the written-but-unfinished outputs included
+    assert redone == planned - done, (sorted(redone), sorted(planned - done))
+    assert {key(of[eval_b]), key(of[c])} <= redone
+    assert {f: f.stat().st_mtime_ns for f in stamps} == stamps
+    assert all(j["JobState"] == "COMPLETED" for j in jobs_of(slurm_cluster, work) if j["JobId"] not in states)
+    ours, local = metrics_of(work), metrics_of(reference)
+    assert len(ours) == n_evaluate and ours == {f: local[f] for f in ours}
     assert (work / target).exists()
-    print(f"\nkilled Snakemake: {len(done['evaluate'])} runs finished before, in flight {sorted(in_flight)}, "
-          f"outputs written but not seen complete {sorted(partial)}, finished inside Slurm after the kill "
-          f"{sorted(finished_alone - {(rl, r) for rl in done for r in done[rl]})}")
 
 
-# ---- the whole smoke grid ---------------------------------------------------------------------
+# ---- a reduced study set of the smoke grid ------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def slurm_grid(slurm_cluster, tmp_path_factory):  # noqa: F811
-    """The project after `snakemake --profile slurm --config preset=smoke` on the test cluster."""
+    """The project after `snakemake --profile slurm --config preset=smoke studies=[SLURM_STUDIES]`."""
     work = copy_project(tmp_path_factory.mktemp("slurm-grid") / "project")
     t0 = time.monotonic()
-    out = snakemake(work, "--profile", "slurm", *GRID_GROUPS, "--config", "preset=smoke", timeout=2400)
+    out = snakemake(work, "--profile", "slurm", *GRID_GROUPS, "--config", "preset=smoke", studies_arg(SLURM_STUDIES),
+                    timeout=2400)
     return work, time.monotonic() - t0, out.stdout + out.stderr
 
 
-def test_smoke_grid_through_slurm_equals_local(slurm_grid, slurm_cluster, smoke_grid):  # noqa: F811
+def test_smoke_studies_through_slurm_equal_local(slurm_grid, slurm_cluster, reference):  # noqa: F811
     work, wall, log = slurm_grid
     res = work / "results/smoke"
-    for study in studies.names():
+    for study in SLURM_STUDIES:
         for f in (f"tables/{study}.csv", f"tables/{study}.md", f"tables/{study}_runs.csv", f"figures/{study}.png",
                   f"figures/{study}.pdf"):
             assert (res / f).stat().st_size > 0, f
-    assert "crop + color is the best pair" in (res / "README.md").read_text()
+    findings = (res / "README.md").read_text()
+    assert "NT-Xent beats NT-Logistic" in findings and "l2 normalisation with a moderate temperature" in findings
 
-    # every run went through sbatch as one GPU job (1 GPU, 1 CPU per GPU, the preset's memory)
-    run_ids = set(studies.unique(studies.expand("smoke")))
+    # every pretraining went through sbatch as one GPU job (1 GPU, 1 CPU per GPU, the preset's memory),
+    # a run that both studies ask for once
+    runs = studies.unique([r for s in SLURM_STUDIES for r in studies.expand("smoke", s)])
+    assert len(runs) < sum(len(studies.expand("smoke", s)) for s in SLURM_STUDIES)  # the studies share runs
+    pretrainings = {pretrain_dir(r) for r in runs.values()}
     jobs = jobs_of(slurm_cluster, work)
-    assert len(jobs) == len(run_ids), f"{len(jobs)} Slurm jobs for {len(run_ids)} runs"
+    assert len(jobs) == len(pretrainings), f"{len(jobs)} Slurm jobs for {len(pretrainings)} pretrainings"
     for j in jobs:
         assert j["JobState"] == "COMPLETED", j
         assert j["TresPerJob"] == "gres:gpu:1" and j["CpusPerTres"] == "gres:gpu:1", j
         assert j["Comment"] == "rule_run_evaluate_pretrain" and "mem=2000M" in j["TRES"], j
-    assert len(re.findall(r"has been submitted with SLURM jobid", log)) == len(run_ids)
+    assert len(re.findall(r"has been submitted with SLURM jobid", log)) == len(pretrainings)
 
     # the same numbers as the local `snakemake -c2` grid, run by run
-    local = {d.name for d in (smoke_grid / "runs/grid").iterdir()}
-    assert local == run_ids == {d.name for d in (work / "runs/grid").iterdir()}
-    differ = {r: (metrics(smoke_grid, r), metrics(work, r)) for r in run_ids
-              if metrics(smoke_grid, r) != metrics(work, r)}
+    ours, local = metrics_of(work), metrics_of(reference)
+    assert set(ours) == {metrics_target(r) for r in runs.values()}
+    differ = {f: (local.get(f), m) for f, m in ours.items() if local.get(f) != m}
     assert not differ, f"Slurm and local metrics differ (local, slurm): {differ}"
-    for study in studies.names():  # the tables too, but for the timings
+    for study in SLURM_STUDIES:  # the tables too, but for the timings
         a, b = (pd.read_csv(w / f"results/smoke/tables/{study}.csv").filter(regex="^(?!.*seconds)")
-                for w in (smoke_grid, work))
+                for w in (reference, work))
         pd.testing.assert_frame_equal(a, b)
 
     # cost of going through Slurm: time in jobs beyond the rules' own (benchmark) time
     job_s = sum(seconds(j["RunTime"]) for j in jobs)
-    rule_s = sum(float(pd.read_csv(work / f"runs/grid/{r}/{stage}.bench.tsv", sep="\t")["s"].iloc[0])
-                 for r in run_ids for stage in ("pretrain", "evaluate"))
-    print(f"\nslurm smoke grid: wall {wall:.0f} s, {len(jobs)} Slurm jobs on {slurm_cluster.cpus} CPUs; time in "
-          f"jobs {job_s} s, of which rules {rule_s:.0f} s: {(job_s - rule_s) / len(jobs):.1f} s overhead per job")
+    rule_s = sum(float(pd.read_csv(f, sep="\t")["s"].iloc[0]) for f in (work / "runs/grid").glob("**/*.bench.tsv"))
+    print(f"\nslurm smoke grid ({', '.join(SLURM_STUDIES)}): wall {wall:.0f} s, {len(jobs)} Slurm jobs on "
+          f"{slurm_cluster.cpus} CPUs; time in jobs {job_s} s, of which rules {rule_s:.0f} s: "
+          f"{(job_s - rule_s) / len(jobs):.1f} s overhead per job")
