@@ -385,7 +385,10 @@ def test_killed_snakemake_continues_where_it_stopped(slurm_cluster, reference, t
     first = log.read_text()
     snake = log_jobs(first)
     of = {s: snake[j] for s, j in slurm_ids(first).items()}
-    written = [work / of[j]["output"] for j in (eval_b, c)]
+    def outputs(j):  # Snakemake logs a job's outputs as one comma-separated line
+        return [work / f.strip() for f in of[j]["output"].split(",")]
+
+    written = [f for j in (eval_b, c) for f in outputs(j)]
     # its jobs outlive it. The gated ones die as on a node crash: every process of the job stopped, then
     # killed, so that the Snakemake inside cannot clean up; the held ones never started: cancel them
     for j in (eval_b, c):
@@ -402,7 +405,7 @@ def test_killed_snakemake_continues_where_it_stopped(slurm_cluster, reference, t
     assert {key(j) for i, j in snake.items() if i in seen_finished(first) and j["rule"] != "prepare"} == done
     assert not (work / target).exists()
     # the outputs of the finished jobs must stay untouched
-    stamps = {f: f.stat().st_mtime_ns for f in (work / of[j]["output"] for j in (a, b, eval_a))}
+    stamps = {f: f.stat().st_mtime_ns for j in (a, b, eval_a) for f in outputs(j)}
 
     snakemake(work, "--unlock", *config, timeout=120)
     again = snakemake(work, target, "--profile", "slurm", *config, timeout=900)
