@@ -34,6 +34,7 @@ def _resource(checkout: str, packaged: str, probe: str) -> Path:
 PARAMS_DIR = _resource("params", "params", "default.yaml")
 PAPER_DIR = _resource("workflow/resources/paper", "paper", "SOURCE.md")  # the paper's reference tables
 
+METHOD_BLOCKS = ("moco", "byol", "simsiam", "wcl")  # the params blocks of the related methods
 AUG_OPS = ("crop", "cutout", "color", "sobel", "noise", "blur", "rotate")
 DEPTHS = (10, 18, 34, 50, 101, 152)
 
@@ -151,31 +152,14 @@ RANGES = {
     "eval.semi.lr": POSITIVE,
     "runtime.threads": _between(0, 1024),
     "runtime.checkpoint_every": _between(1, 100_000),
-    "moco.recipe.lr": POSITIVE,
-    "moco.recipe.lr_factor": POSITIVE,
-    "moco.recipe.momentum": ("in [0, 1)", lambda v: 0 <= v < 1),
-    "moco.recipe.weight_decay": NONNEG,
-    "moco.recipe.lars_eta": POSITIVE,
-    "moco.recipe.warmup_fraction": ("in [0, 1)", lambda v: 0 <= v < 1),
-    "byol.recipe.lr": POSITIVE,
-    "byol.recipe.lr_factor": POSITIVE,
-    "byol.recipe.momentum": ("in [0, 1)", lambda v: 0 <= v < 1),
-    "byol.recipe.weight_decay": NONNEG,
-    "byol.recipe.lars_eta": POSITIVE,
-    "byol.recipe.warmup_fraction": ("in [0, 1)", lambda v: 0 <= v < 1),
-    "simsiam.recipe.lr": POSITIVE,
-    "simsiam.recipe.lr_factor": POSITIVE,
-    "simsiam.recipe.momentum": ("in [0, 1)", lambda v: 0 <= v < 1),
-    "simsiam.recipe.weight_decay": NONNEG,
-    "simsiam.recipe.lars_eta": POSITIVE,
-    "simsiam.recipe.warmup_fraction": ("in [0, 1)", lambda v: 0 <= v < 1),
-    "wcl.recipe.lr": POSITIVE,
-    "wcl.recipe.lr_factor": POSITIVE,
-    "wcl.recipe.momentum": ("in [0, 1)", lambda v: 0 <= v < 1),
-    "wcl.recipe.weight_decay": NONNEG,
-    "wcl.recipe.lars_eta": POSITIVE,
-    "wcl.recipe.warmup_fraction": ("in [0, 1)", lambda v: 0 <= v < 1),
 }
+
+
+# The same rules for every method's optimiser recipe (<method>.recipe in default.yaml).
+RECIPE_RULES = {"lr": POSITIVE, "lr_factor": POSITIVE, "momentum": ("in [0, 1)", lambda v: 0 <= v < 1),
+                "weight_decay": NONNEG, "lars_eta": POSITIVE,
+                "warmup_fraction": ("in [0, 1)", lambda v: 0 <= v < 1)}
+RANGES.update({f"{m}.recipe.{k}": rule for m in METHOD_BLOCKS for k, rule in RECIPE_RULES.items()})
 
 
 class ParamsError(ValueError):
@@ -431,7 +415,6 @@ def data_params(p: dict) -> dict:
 # Run identities. A pretraining is named by everything that can change its trained weights; an
 # evaluation by its pretraining plus the evaluation settings, so runs that differ only in how they
 # are evaluated share one pretraining (in the Snakemake grid and under `dvc exp run`).
-METHOD_BLOCKS = ("moco", "byol", "simsiam", "wcl")
 # runtime keys that change the numbers: CPU kernels reduce in a thread-count-dependent order, and
 # bf16 autocast changes CUDA results. device, progress, compile, channels_last and checkpoint_every
 # do not enter the identity (the device is recorded in every result's provenance).
