@@ -270,3 +270,13 @@ def test_a_figure_without_the_baseline_has_no_floor(grid, monkeypatch):
     monkeypatch.setattr(figures, "save", lambda fig, out: drawn.append(fig))
     figures.draw("temperature", grid[1], grid[1] / "x.png", "cap")
     assert not any(line.get_label().startswith("untrained") for ax in drawn[0].axes for line in ax.get_lines())
+
+
+def test_the_floor_reads_run_ids_that_look_like_numbers(grid, tmp_path, monkeypatch):
+    base = pd.read_csv(grid[1] / "untrained_runs.csv", dtype=str)
+    base["run_id"] = [f"{123456789012 + i}" for i in range(len(base))]  # a hex digest can be all digits
+    base.to_csv(tmp_path / "untrained_runs.csv", index=False)
+    drawn = []
+    monkeypatch.setattr(figures, "save", lambda fig, out: drawn.append(fig))
+    figures.draw("methods", grid[1], tmp_path / "x.png", "cap", baseline=tmp_path / "untrained_runs.csv")
+    assert "Untrained encoder (floor)" in [t.get_text() for t in drawn[0].axes[0].get_xticklabels()]

@@ -321,7 +321,7 @@ def draw(study: str, tables_dir: Path, out: Path, caption: str, baseline: Path |
     table, adds its floor (none without it)."""
     agg = _numeric(pd.read_csv(Path(tables_dir) / f"{study}.csv", dtype=str, keep_default_na=False))
     runs = _numeric(pd.read_csv(Path(tables_dir) / f"{study}_runs.csv", dtype=str, keep_default_na=False))
-    base = None if baseline is None else pd.read_csv(baseline)
+    base = None if baseline is None else _numeric(pd.read_csv(baseline, dtype=str, keep_default_na=False))
     if base is not None and study == "methods":  # the floor as its own group of bars, beside the methods
         row = floor_of(base).drop("cell")
         agg = pd.concat([agg, pd.DataFrame([{**row.to_dict(), "method": FLOOR_LABEL}])], ignore_index=True)
