@@ -227,6 +227,7 @@ def test_heat_map_cells_show_the_seed_spread_and_the_floor_by_their_mean():
     figures.mark_baseline(fig, 40.02)  # 40.04 prints as "40.0" but is above 40.02: not marked
     texts = sorted(t.get_text() for t in fig.axes[0].texts)
     assert texts == ["30.0↓\n±1.0", "40.0", "56.3\n±2.1", "56.3\n±2.1"]
+    assert "dashed on the colour bar" in fig.axes[0].get_title()  # 40.02 is inside the colour scale
     cbar = [ax for ax in fig.axes if ax.get_label() == "colorbar"]
     assert len(cbar) == 1 and cbar[0].get_legend() is None and any(
         line.get_ydata()[0] == pytest.approx(40.02) for line in cbar[0].get_lines())

@@ -288,8 +288,10 @@ def mark_baseline(fig, floor: float) -> None:
                 if not np.isnan(mean) and mean < floor:
                     first, *rest = t.get_text().split("\n")
                     t.set_text("\n".join([first + "↓", *rest]))
-            ax.set_title(title + f"\n↓: below the untrained encoder ({floor:.1f}, linear eval on h; dashed on the "
-                         "colour bar)", fontsize=9)
+            norm = ax.images[0].norm
+            on_bar = "; dashed on the colour bar" if norm.vmin <= floor <= norm.vmax else ""
+            ax.set_title(title + f"\n↓: below the untrained encoder ({floor:.1f}, linear eval on h{on_bar})",
+                         fontsize=9)
         elif "top-1" in ylabel:
             ax.axhline(floor, ls="--", color="r", lw=1, label=label)
             ax.legend(fontsize=7)
