@@ -112,13 +112,13 @@ def test_figures_mark_the_untrained_encoder():
     fig = figures.augmentations(agg, agg, "t")
     figures.mark_baseline(fig, 40.0)
     texts = [t.get_text() for t in fig.axes[0].texts]
-    assert "30.0↓" in texts and "80.0" in texts and "45.0" in texts
-    assert "below the untrained encoder (40.0)" in fig.axes[0].get_title()
+    assert "30.0↓\n±1.0" in texts and "80.0\n±1.0" in texts and "45.0\n±1.0" in texts
+    assert "below the untrained encoder (40.0, linear eval on h" in fig.axes[0].get_title()
     agg = pd.DataFrame({"setting": ["l2, t=0.1", "l2, t=1"], "top1_mean": [70.0, 60.0], "top1_std": [1.0, 1.0],
                         "entropy_mean": [1.0, 2.0], "contrastive_acc_mean": [90.0, 80.0]})
     runs = pd.DataFrame({"setting": ["l2, t=0.1", "l2, t=1"], "top1": [70.0, 60.0]})
     fig = figures.temperature(agg, runs, "t")
     figures.mark_baseline(fig, 40.0)
     ours = fig.axes[0]
-    assert any(line.get_label().startswith("untrained encoder (40.0)") for line in ours.get_lines())
+    assert any(line.get_label().startswith("untrained encoder (40.0, linear eval on h)") for line in ours.get_lines())
     assert all(not line.get_label().startswith("untrained") for ax in fig.axes[1:] for line in ax.get_lines())

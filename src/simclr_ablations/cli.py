@@ -83,12 +83,16 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--extra", action="append", default=[], metavar="KEY=VALUE", help="setting applied to every run")
     sp.add_argument("--caption", default="")
     sp.add_argument("--seeds", type=int, default=0, help="number of replicates (0: the preset's)")
+    sp.add_argument("--baseline", metavar="STUDY",
+                    help="study whose runs are the table's floor (untrained): shown and cells below it marked")
 
     sp = sub.add_parser("figure", help="draw a study's figure from its tables")
     sp.add_argument("--study", required=True)
     sp.add_argument("--tables", required=True, type=Path)
     sp.add_argument("--out", required=True, type=Path)
     sp.add_argument("--caption", default="")
+    sp.add_argument("--baseline", type=Path, metavar="RUNS_CSV",
+                    help="runs table of the untrained encoder (untrained_runs.csv): drawn as the floor")
 
     sp = sub.add_parser("findings", help="check the paper's findings against the tables")
     sp.add_argument("--tables", required=True, type=Path)
@@ -170,12 +174,13 @@ def _dispatch(args) -> int:
     if args.cmd == "table":
         from . import tables
 
-        tables.write(args.preset, args.study, args.runs, args.out_dir, tuple(args.extra), args.caption, args.seeds)
+        tables.write(args.preset, args.study, args.runs, args.out_dir, tuple(args.extra), args.caption, args.seeds,
+                     args.baseline)
         return 0
     if args.cmd == "figure":
         from . import figures
 
-        figures.draw(args.study, args.tables, args.out, args.caption)
+        figures.draw(args.study, args.tables, args.out, args.caption, args.baseline)
         return 0
     if args.cmd == "findings":
         from . import findings

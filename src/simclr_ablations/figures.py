@@ -1,7 +1,10 @@
-"""Study figures in the style of the paper's, drawn from the study tables (mean with std error bars,
-every seed as a dot), with the paper's own numbers beside ours where the study matches. When the
-grid made the untrained-encoder baseline (`untrained_runs.csv`), every accuracy panel of this run
-shows it as a dashed line, and heat-map cells below it are marked with a down arrow."""
+"""Study figures in the style of the paper's, drawn from the study tables, with the paper's own numbers
+beside ours where the study matches. Every figure shows the seed spread: bars and points carry std
+error bars and every seed as a dot; heat-map cells print mean and ± std. Given the untrained
+encoder's runs table (`draw(..., baseline=untrained_runs.csv)`, what the workflow passes when the
+grid makes the `untrained` study), every accuracy panel of this run shows its linear top-1 as a
+dashed line (the methods figure also as its own bar group), and heat-map cells below it are marked
+with a down arrow."""
 
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ import pandas as pd  # noqa: E402
 
 from . import params, studies  # noqa: E402
 from .plots import save  # noqa: E402
-from .tables import METRICS  # noqa: E402
+from .tables import FLOOR_LABEL, METRICS, floor_of  # noqa: E402
 
 PAPER = params.PAPER_DIR
 YLABEL = "linear-eval top-1 (%)"
@@ -34,34 +37,49 @@ def _bars(ax, labels, agg, runs, key, metric="top1", offset=0.0, width=0.8, labe
     stds = [0 if pd.isna(r[f"{metric}_std"]) else r[f"{metric}_std"] for r in rows]
     ax.bar(x, means, width, yerr=stds, capsize=3, label=label, color=color, alpha=0.85)
     for xi, lab in zip(x, labels):
-        pts = runs[runs[key] == lab][metric]
-        ax.plot([xi] * len(pts), pts, "k.", ms=3)
+        _dots(ax, xi, runs[runs[key] == lab][metric])
     return x
+
+
+def _dots(ax, x, values):
+    """Every seed's value as a small black dot at x."""
+    values = pd.to_numeric(pd.Series(values), errors="coerce").dropna()
+    ax.plot([x] * len(values), values, "k.", ms=3)
+
+
+def heat_text(mean: float, std: float) -> str:
+    """A heat-map cell: the mean, and under it the std over seeds when there is more than one seed."""
+    return f"{mean:.1f}" if pd.isna(std) else f"{mean:.1f}\n±{std:.1f}"
 
 
 def augmentations(agg, runs, ax_title, study="augmentations"):
     ops = studies.spec()["studies"][study]["axes"]["pair"]["pairs"]
-    val = {}
+    val, spread = {}, {}
     for _, r in agg.iterrows():
         parts = r["pair"].split("+")
         val[(parts[0], parts[-1])] = val[(parts[-1], parts[0])] = r["top1_mean"]
+        spread[(parts[0], parts[-1])] = spread[(parts[-1], parts[0])] = r["top1_std"]
     present = [o for o in ops if any((o, b) in val for b in ops)]
     m = np.array([[val.get((a, b), np.nan) for b in present] for a in present])
     fig, ax = plt.subplots(figsize=(6.4, 5.4))
     im = ax.imshow(m, cmap="viridis")
-    for i in range(len(present)):
-        for j in range(len(present)):
+    for i, a in enumerate(present):
+        for j, b in enumerate(present):
             if not np.isnan(m[i, j]):
-                ax.text(j, i, f"{m[i, j]:.1f}", ha="center", va="center", fontsize=8,
+                text = heat_text(m[i, j], spread[(a, b)])
+                ax.text(j, i, text, ha="center", va="center", fontsize=8 if "\n" not in text else 6.5,
                         color="w" if m[i, j] < np.nanmean(m) else "k")
     ax.set_xticks(range(len(present)), present, rotation=45)
     ax.set_yticks(range(len(present)), [f"{o} (avg {np.nanmean(m[i]):.1f})" for i, o in enumerate(present)])
     ax.set_xlabel("2nd transformation")
     ax.set_ylabel("1st transformation (row average)")
-    fig.colorbar(im, ax=ax, label=YLABEL)
+    fig.colorbar(im, ax=ax, label=YLABEL).ax.set_label("colorbar")
     protocol = ("every op on both branches" if study == "augmentations_both"
                 else "one shared crop per image, ops on one branch only")
-    ax.set_title(ax_title + f"\n(diagonal: single op; {protocol})", fontsize=9)
+    n = sorted(set(agg["n"].dropna().astype(int))) if "n" in agg else []
+    seeds = ("one seed" if not agg["top1_std"].notna().any() else
+             f"mean ± std over {'/'.join(map(str, n))} seeds" if n else "mean ± std over seeds")
+    ax.set_title(ax_title + f"\n(diagonal: single op; {protocol}; {seeds})", fontsize=9)
     return fig
 
 
@@ -102,8 +120,10 @@ def encoder(agg, runs, ax_title):
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for method, marker in (("SimCLR", "o"), ("Supervised", "s")):
         sel = agg[agg["method"] == method]
-        ax.errorbar(sel["encoder_params_mean"] / 1e6, sel["top1_mean"], yerr=sel["top1_std"].fillna(0), fmt=marker,
-                    capsize=3, label=method)
+        bars = ax.errorbar(sel["encoder_params_mean"] / 1e6, sel["top1_mean"], yerr=sel["top1_std"].fillna(0),
+                           fmt=marker, capsize=3, label=method)
+        mine = runs[runs["method"] == method]
+        ax.plot(mine["encoder_params"] / 1e6, mine["top1"], ".", ms=3, color=bars[0].get_color(), alpha=0.6)
         for _, r in sel.iterrows():
             ax.annotate(f"{r['depth']} {r['width']}", (r["encoder_params_mean"] / 1e6, r["top1_mean"]), fontsize=7,
                         xytext=(3, 3), textcoords="offset points")
@@ -130,6 +150,8 @@ def projection_head(agg, runs, ax_title):
             x = np.arange(len(dims)) + (k - len(heads)) * w + w / 2
             ax.bar(x, sel[f"{metric}_mean"], w, yerr=sel[f"{metric}_std"].fillna(0), capsize=2, hatch=hatch,
                    label=f"{head}, eval on {'h' if metric == 'top1_h' else 'g(h)'}", alpha=0.85)
+            for xi, dim in zip(x, dims):
+                _dots(ax, xi, runs[(runs["head"] == head) & (runs["out_dim"] == dim)][metric])
             k += 1
     ax.set_xticks(range(len(dims)), dims)
     ax.set_xlabel("projection output dimensionality")
@@ -188,8 +210,11 @@ def batch_epochs(agg, runs, ax_title):
         w = 0.8 / len(batches)
         for k, b in enumerate(batches):
             s = sel[sel["batch"] == b].set_index("epochs").reindex(epochs)
-            ax.bar(np.arange(len(epochs)) + (k - len(batches) / 2 + 0.5) * w, s["top1_mean"], w,
-                   yerr=s["top1_std"].fillna(0), capsize=2, label=f"batch {b}")
+            x = np.arange(len(epochs)) + (k - len(batches) / 2 + 0.5) * w
+            ax.bar(x, s["top1_mean"], w, yerr=s["top1_std"].fillna(0), capsize=2, label=f"batch {b}")
+            mine = runs[(runs["lr_scaling"] == scaling) & (runs["batch"] == b)]
+            for xi, e in zip(x, epochs):
+                _dots(ax, xi, mine[mine["epochs"] == e]["top1"])
         ax.set_xticks(range(len(epochs)), epochs)
         ax.set_xlabel("training epochs")
         ax.set_ylabel(YLABEL)
@@ -244,47 +269,67 @@ def methods(agg, runs, ax_title):
 
 
 def mark_baseline(fig, floor: float) -> None:
-    """The untrained encoder's accuracy on this run's panels: a dashed line on bar/point panels, an arrow on
-    heat-map cells below it (panels of the paper's or the literature's numbers are left alone)."""
+    """The untrained encoder's linear top-1 on this run's panels: a dashed line on bar/point panels (and on a
+    heat map's colour bar), an arrow on heat-map cells whose mean is below it (panels of the paper's or the
+    literature's numbers are left alone)."""
+    label = f"untrained encoder ({floor:.1f}, linear eval on h)"
     for ax in fig.axes:
         title, ylabel = ax.get_title(), ax.get_ylabel()
+        if ax.get_label() == "colorbar":
+            ax.axhline(floor, ls="--", color="r", lw=1.5)
+            continue
         if title.startswith(("paper", "literature")) or not ylabel:
             continue
-        if ax.images:  # heat map
+        if ax.images:  # heat map: each cell's mean is in the image, at the text's position
+            means = np.ma.filled(ax.images[0].get_array().astype(float), np.nan)
             for t in ax.texts:
-                try:
-                    below = float(t.get_text()) < floor
-                except ValueError:
-                    continue
-                if below:
-                    t.set_text(t.get_text() + "↓")
-            ax.set_title(title + f"\n↓: below the untrained encoder ({floor:.1f})", fontsize=9)
+                x, y = t.get_position()
+                mean = means[int(round(y)), int(round(x))]
+                if not np.isnan(mean) and mean < floor:
+                    first, *rest = t.get_text().split("\n")
+                    t.set_text("\n".join([first + "↓", *rest]))
+            norm = ax.images[0].norm
+            on_bar = "; dashed on the colour bar" if norm.vmin <= floor <= norm.vmax else ""
+            ax.set_title(title + f"\n↓: below the untrained encoder ({floor:.1f}, linear eval on h{on_bar})",
+                         fontsize=9)
         elif "top-1" in ylabel:
-            ax.axhline(floor, ls="--", color="r", lw=1, label=f"untrained encoder ({floor:.1f})")
+            ax.axhline(floor, ls="--", color="r", lw=1, label=label)
             ax.legend(fontsize=7)
 
 
 def untrained(agg, runs, ax_title):
-    """The untrained baseline: its per-seed linear top-1 (the floor drawn on every other figure)."""
-    fig, ax = plt.subplots(figsize=(4, 3.5))
-    labels = list(agg[agg.columns[0]])
-    x = _bars(ax, labels, agg, runs, agg.columns[0])
-    ax.set_xticks(x, labels)
-    ax.set_ylabel("linear top-1 (%)")
+    """The untrained baseline: its linear and kNN top-1 over seeds (the floor drawn on every other figure)."""
+    fig, ax = plt.subplots(figsize=(4.5, 3.5))
+    key = agg.columns[0]
+    labels = list(agg[key])
+    for k, (metric, name) in enumerate((("top1", "linear eval on h"), ("knn_top1", "kNN on h"))):
+        _bars(ax, labels, agg, runs, key, metric, offset=(k - 0.5) * 0.4, width=0.4, label=name)
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_ylabel("top-1 (%)")
     ax.set_title(ax_title, fontsize=9)
+    ax.legend(fontsize=7)
     return fig
 
 
-def draw(study: str, tables_dir: Path, out: Path, caption: str) -> None:
-    agg = pd.read_csv(Path(tables_dir) / f"{study}.csv", dtype=str, keep_default_na=False)
-    runs = pd.read_csv(Path(tables_dir) / f"{study}_runs.csv", dtype=str, keep_default_na=False)
-    for frame in (agg, runs):
-        for col in frame.columns:
-            if col.endswith(("_mean", "_std")) or col in ["n", "seed", *METRICS] or col.startswith("semi_"):
-                frame[col] = pd.to_numeric(frame[col].replace("", np.nan))
+def _numeric(frame: pd.DataFrame) -> pd.DataFrame:
+    for col in frame.columns:
+        if col.endswith(("_mean", "_std")) or col in ["n", "seed", *METRICS] or col.startswith("semi_"):
+            frame[col] = pd.to_numeric(frame[col].replace("", np.nan))
+    return frame
+
+
+def draw(study: str, tables_dir: Path, out: Path, caption: str, baseline: Path | None = None) -> None:
+    """The study's figure from `<study>.csv` and `<study>_runs.csv`; `baseline`, the untrained encoder's runs
+    table, adds its floor (none without it)."""
+    agg = _numeric(pd.read_csv(Path(tables_dir) / f"{study}.csv", dtype=str, keep_default_na=False))
+    runs = _numeric(pd.read_csv(Path(tables_dir) / f"{study}_runs.csv", dtype=str, keep_default_na=False))
+    base = None if baseline is None else _numeric(pd.read_csv(baseline, dtype=str, keep_default_na=False))
+    if base is not None and study == "methods":  # the floor as its own group of bars, beside the methods
+        row = floor_of(base).drop("cell")
+        agg = pd.concat([agg, pd.DataFrame([{**row.to_dict(), "method": FLOOR_LABEL}])], ignore_index=True)
+        runs = pd.concat([runs, base.assign(method=FLOOR_LABEL)], ignore_index=True)
     title = f"{studies.spec()['studies'][study]['title']}\n{caption}"
     fig = globals()[study](agg, runs, title)
-    base = Path(tables_dir) / "untrained_runs.csv"
-    if base.exists():
-        mark_baseline(fig, float(pd.read_csv(base)["top1"].mean()))
+    if base is not None:
+        mark_baseline(fig, float(base["top1"].mean()))
     save(fig, out)

@@ -28,12 +28,12 @@ from __future__ import annotations
 
 import math
 import os
-from collections import Counter
 from pathlib import Path
 
 import pandas as pd
 
-from .tables import code_versions
+from .tables import best_left_out, code_versions
+from .tables import per_seed as _per_seed
 
 T_LEVEL = 0.975  # two-sided 5%
 BASELINE_TABLE = "untrained"
@@ -89,38 +89,6 @@ def verdict(a: pd.Series, b: pd.Series) -> tuple[str, float, float, int]:
     if mean < -t * se:
         return "not reproduced", mean, se, n
     return "inconclusive", mean, se, n
-
-
-def _per_seed(df: pd.DataFrame, metric: str = "top1", **where) -> pd.Series:
-    sel = df
-    for k, v in where.items():
-        sel = sel[sel[k].isin(v) if isinstance(v, list) else sel[k] == v]
-    return sel.groupby("seed")[metric].mean()
-
-
-def best_left_out(df: pd.DataFrame, key: str, candidates: list, metric: str = "top1",
-                  **where) -> tuple[str, pd.Series]:
-    """The best of `candidates`, cross-fitted: at seed s, the value of the candidate whose mean over the
-    other seeds is highest. Returns (a label naming the chosen cells, the per-seed values)."""
-    per = {c: _per_seed(df, metric, **{key: c}, **where) for c in candidates}
-    per = {c: s.dropna() for c, s in per.items() if len(s.dropna())}
-    seeds = sorted(set().union(*[set(s.index) for s in per.values()])) if per else []
-    values, chosen, same_seed = {}, [], False
-    for seed in seeds:
-        means = {c: s.drop(seed).mean() for c, s in per.items() if seed in s.index and len(s) > 1}
-        if not means:  # one seed: nothing to leave out
-            means, same_seed = {c: s[seed] for c, s in per.items() if seed in s.index}, True
-        if means:
-            best = max(means, key=means.get)
-            values[seed] = per[best][seed]
-            chosen.append(best)
-    counts = Counter(chosen)
-    label = ", ".join(c if len(counts) == 1 else f"{c} ×{k}" for c, k in counts.most_common())
-    if same_seed:
-        label += "; chosen on the tested seed"
-    elif len(counts) > 1:
-        label += "; chosen leaving the tested seed out"
-    return label or "none", pd.Series(values, dtype=float)
 
 
 AUG_PROTOCOL = {"augmentations": "one branch, the paper's Fig. 5 protocol", "augmentations_both": "both branches"}

@@ -1,9 +1,9 @@
 """Optimisers, each method's recipe, and the learning-rate schedule.
 
-`recipe(p)` is the optimiser a run uses: `pretrain`'s keys for SimCLR and the supervised
-baseline, `<method>.recipe` (its paper's optimiser, lr, lr scaling, weight decay, warm-up and
-schedule) for the related methods; `pretrain.batch_size` and `pretrain.epochs` are the budget
-all share.
+`recipe(p)` (recipes.py, re-exported here) is the optimiser a run uses: `pretrain`'s keys for
+SimCLR and the supervised baseline, `<method>.recipe` (its paper's optimiser, lr, lr scaling,
+weight decay, warm-up and schedule) for the related methods; `pretrain.batch_size` and
+`pretrain.epochs` are the budget all share.
 
 LARS follows the official SimCLR code: weight decay is added to the gradient, the step is
 scaled by the trust ratio eta * ||w|| / ||g||, then momentum. With `exclude_bn_bias`, biases and
@@ -19,11 +19,8 @@ import math
 
 import torch
 
-RECIPE_KEYS = ("optimizer", "lr", "lr_scaling", "momentum", "nesterov", "weight_decay", "exclude_bn_bias",
-               "lars_eta", "warmup_epochs", "schedule")
-# SimCLR's optimiser conventions that `pretrain` has no key for (google-research/simclr's LARS exempts
-# BN and biases; the SGD option is Nesterov's, as before)
-SIMCLR_CONVENTIONS = dict(nesterov=True, exclude_bn_bias=True)
+# the recipe of a run and its peak lr are torch-free (the tables read them): recipes.py
+from .recipes import RECIPE_KEYS, SIMCLR_CONVENTIONS, recipe, scaled_lr  # noqa: F401
 
 
 class _FixedLR:
@@ -91,27 +88,6 @@ def param_groups(model: torch.nn.Module, weight_decay: float, exclude_bn_bias: b
                 groups.append(dict(params=ps, weight_decay=weight_decay if decay else 0.0, lars=decay,
                                    fixed_lr=fixed_lr if is_fixed else None))
     return groups
-
-
-def scaled_lr(base: float, batch_size: int, scaling: str) -> float:
-    if scaling == "linear":
-        return base * batch_size / 256
-    if scaling == "sqrt":
-        return base * math.sqrt(batch_size)
-    return base
-
-
-def recipe(p: dict) -> dict:
-    """The `pretrain` params with the optimiser keys of the method's recipe: what the run trains with.
-    SimCLR / supervised: pretrain's own keys (LARS exempts BN and biases; SGD is Nesterov's)."""
-    t = dict(p["pretrain"])
-    if p["method"] in ("simclr", "supervised"):
-        return dict(t, **SIMCLR_CONVENTIONS)
-    r = p[p["method"]]["recipe"]
-    t.update({k: r[k] for k in RECIPE_KEYS if k in r})
-    t["lr"] = r["lr"] * r["lr_factor"]
-    t["warmup_epochs"] = r["warmup_fraction"] * t["epochs"]
-    return t
 
 
 def build(module: torch.nn.Module, t: dict) -> torch.optim.Optimizer:

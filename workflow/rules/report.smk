@@ -1,9 +1,17 @@
 # Tables, figures, the findings summary, and the DVC record of what the grid made.
+# When the grid makes the untrained encoder (study `untrained`), it is the floor of every other
+# study's table and figure: those rules then read its runs too; without it they have no floor.
+
+FLOOR = "untrained" if "untrained" in STUDIES else ""
+FLOOR_RUNS = RUNS[FLOOR] if FLOOR else []
 
 
 rule table:
     input:
-        lambda wc: [r.metrics_path("runs/grid") for r in RUNS[wc.study]],
+        lambda wc: [
+            r.metrics_path("runs/grid")
+            for r in RUNS[wc.study] + (FLOOR_RUNS if wc.study != FLOOR else [])
+        ],
     output:
         csv=f"{RESULTS}/tables/{{study}}.csv",
         runs=f"{RESULTS}/tables/{{study}}_runs.csv",
@@ -19,17 +27,23 @@ rule table:
         seeds=config["seeds"],
         out=lambda wc, output: os.path.dirname(output.csv),
         caption=f", dataset {DATASET}",
+        baseline=lambda wc: f"--baseline {FLOOR}" if FLOOR and wc.study != FLOOR else "",
         code=CODE["table"],
     shell:
         "simclr-ablations table --preset {params.preset} --study {wildcards.study} --runs runs/grid"
         " --out-dir {params.out} {params.extra} --seeds {params.seeds} --caption '{params.caption}'"
-        " > {log} 2>&1"
+        " {params.baseline} > {log} 2>&1"
 
 
 rule figure:
     input:
         f"{RESULTS}/tables/{{study}}.csv",
         f"{RESULTS}/tables/{{study}}_runs.csv",
+        floor=lambda wc: (
+            [f"{RESULTS}/tables/{FLOOR}_runs.csv"]
+            if FLOOR and wc.study != FLOOR
+            else []
+        ),
     output:
         png=report(
             f"{RESULTS}/figures/{{study}}.png",
@@ -46,10 +60,15 @@ rule figure:
     params:
         tables=lambda wc, input: os.path.dirname(input[0]),
         caption=CAPTION,
+        baseline=lambda wc: (
+            f"--baseline {RESULTS}/tables/{FLOOR}_runs.csv"
+            if FLOOR and wc.study != FLOOR
+            else ""
+        ),
         code=CODE["figure"],
     shell:
         "simclr-ablations figure --study {wildcards.study} --tables {params.tables} --out {output.png}"
-        " --caption '{params.caption}' > {log} 2>&1"
+        " --caption '{params.caption}' {params.baseline} > {log} 2>&1"
 
 
 rule findings:
