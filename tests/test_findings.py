@@ -122,3 +122,22 @@ def test_figures_mark_the_untrained_encoder():
     ours = fig.axes[0]
     assert any(line.get_label().startswith("untrained encoder (40.0, linear eval on h)") for line in ours.get_lines())
     assert all(not line.get_label().startswith("untrained") for ax in fig.axes[1:] for line in ax.get_lines())
+
+
+def _batch_table(gain_few: list[float], gain_many: list[float]) -> pd.DataFrame:
+    rows = []
+    for seed, (few, many) in enumerate(zip(gain_few, gain_many)):
+        for epochs, gain in (("4", few), ("8", many)):
+            rows += [{"lr_scaling": "linear", "batch": "64", "epochs": epochs, "seed": seed, "top1": 70.0},
+                     {"lr_scaling": "linear", "batch": "256", "epochs": epochs, "seed": seed, "top1": 70.0 + gain}]
+    return pd.DataFrame(rows)
+
+
+def test_batch_claim_needs_a_gain_at_few_epochs_not_only_a_shrinking_loss():
+    # the bigger batch is behind at both budgets, less so at few epochs: the gap "shrinks", but it never helps
+    rows = list(findings._batch_epochs({"batch_epochs": _batch_table([-1.0, -1.2, -0.8], [-6.0, -5.5, -6.5])}))
+    verdicts = {r[0]: findings.verdict(r[2], r[4])[0] for r in rows}
+    assert verdicts == {"a bigger batch helps when training for few epochs": "not reproduced",
+                        "the gain of a bigger batch shrinks with more epochs": "reproduced"}
+    rows = list(findings._batch_epochs({"batch_epochs": _batch_table([5.0, 6.0, 5.5], [1.0, 0.5, 1.5])}))
+    assert {findings.verdict(r[2], r[4])[0] for r in rows} == {"reproduced"}
