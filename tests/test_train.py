@@ -118,3 +118,22 @@ def test_variants_train(smoke_data, tmp_path, setting):
     p = params.load("smoke", settings=[setting, "pretrain.epochs=1", "pretrain.warmup_epochs=0"])
     s = pretrain.train(p, smoke_data, tmp_path, threads=1, log=lambda *_: None)
     assert s["final"]["loss"] == s["final"]["loss"]  # finite, not NaN
+
+
+def test_effective_rank_and_spread_tell_collapse_from_spread():
+    from simclr_ablations import diagnose
+
+    g = torch.Generator().manual_seed(0)
+    spread = torch.randn(2000, 16, generator=g)
+    line = torch.randn(2000, 1, generator=g) * torch.ones(1, 16)  # every feature on one line
+    assert diagnose.effective_rank(spread) > 14 and diagnose.effective_rank(line) < 1.01
+    assert abs(diagnose.std_normalized(spread) - 16 ** -0.5) < 0.02
+    assert diagnose.std_normalized(torch.ones(100, 16) + 1e-3 * torch.randn(100, 16, generator=g)) < 0.01
+
+
+def test_diagnose_cli_reports_rank_spread_and_loss_curve(smoke_data, tmp_path):
+    pretrain.train(params.load("smoke"), smoke_data, tmp_path / "a", threads=1, log=lambda *_: None)
+    out = cli("diagnose", "--run", str(tmp_path / "a"), "--data", str(smoke_data)).stdout
+    d = json.loads(out.strip().splitlines()[-1])
+    assert d["method"] == "simclr" and 1 <= d["h"]["effective_rank"] <= d["h"]["dim"]
+    assert d["g"]["dim"] == params.load("smoke")["head"]["out_dim"] and d["loss_first_epoch"] > 0

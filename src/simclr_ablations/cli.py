@@ -1,4 +1,5 @@
-"""Command line: `simclr-ablations prepare | pretrain | evaluate | curves | params | table | figure | findings`.
+"""Command line: `simclr-ablations prepare | pretrain | evaluate | diagnose | curves | params | table |
+figure | findings`.
 
 Every command that needs params takes the same three sources: `--preset NAME`, `--params FILE`
 (repeatable; a file may name its preset with a top-level `preset:` key) and `--set key=value`
@@ -74,6 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--run", required=True, type=Path)
     sp.add_argument("--out", required=True, type=Path)
     sp.add_argument("--title", default="")
+
+    sp = sub.add_parser("diagnose", help="collapse diagnostics of a finished run: feature rank, spread, loss curve")
+    sp.add_argument("--run", required=True, type=Path, action="append", help="run directory (repeatable)")
+    sp.add_argument("--data", required=True, type=Path, help="prepared dataset directory")
 
     sp = sub.add_parser("table", help="aggregate a study's runs into results tables (CSV + Markdown)")
     sp.add_argument("--preset", required=True)
@@ -170,6 +175,12 @@ def _dispatch(args) -> int:
         from . import plots
 
         plots.curves(args.run / "history.csv", args.out, args.title)
+        return 0
+    if args.cmd == "diagnose":
+        from . import diagnose
+
+        for run in args.run:
+            print(json.dumps(diagnose.diagnose(run, args.data)))
         return 0
     if args.cmd == "table":
         from . import tables
