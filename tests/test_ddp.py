@@ -1,0 +1,123 @@
+"""Data-parallel pretraining (distributed.py) on the CPU with gloo.
+
+- A run without torchrun is bit for bit what main's code gave before data parallelism
+  (tests/single_process_trace.py wrote the reference from commit 81a1d80).
+- The equivalence test: 2 processes x batch B/2 and 1 process x batch B, same seed, SyncBN on, give
+  the same loss at every step and the same weights after 6 steps, within ATOL (float rounding: the
+  convolutions see B/2 instead of B images and the all-reduce sums in another order).
+- The same check with a gather whose backward keeps only the local gradient (lightly #1528) fails.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+import pandas as pd
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from single_process_trace import METHODS, SETTINGS, TRACE, prepare, trace
+
+from simclr_ablations import data, distributed, params, pretrain
+
+ATOL = 1e-5  # on every step's loss and every weight; the local-gradient gather misses it by > 1e-3
+# 1 step per epoch (32 images, batch 32), so history.csv holds every step's loss; 6 steps.
+TINY = ["data.synthetic.train_size=32", "data.synthetic.test_size=32", "pretrain.batch_size=32",
+        "pretrain.epochs=6", "pretrain.warmup_epochs=1"]
+
+
+def test_single_process_unchanged(tmp_path):
+    """Every method, run alone, gives the losses and the weight bits main's code gave (same run id)."""
+    want = json.loads(TRACE.read_text())
+    d = prepare(tmp_path)
+    for method in METHODS:
+        assert trace(method, d, tmp_path / method) == want[method], method
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    return data.prepare(params.load("smoke", settings=TINY), tmp_path_factory.mktemp("ddp") / "data")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _local_gradient_gather(t):
+    """The peers' bug: all_gather with the other ranks' tensors detached, so the backward keeps only
+    the gradient of this rank's own slice."""
+    out = [torch.empty_like(t) for _ in range(dist.get_world_size())]
+    dist.all_gather(out, t.detach().contiguous())
+    out[dist.get_rank()] = t
+    return out
+
+
+def _worker(rank: int, world: int, port: int, settings: list, data_dir: str, out: str, local_grad: bool):
+    os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    if local_grad:
+        distributed.GATHER = _local_gradient_gather
+    p = params.load("smoke", settings=settings + [f"runtime.gpus={world}"])
+    pretrain.train(p, data_dir, out, threads=1, log=lambda *_: None)
+
+
+def _pair(data_dir, tmp_path, method: str, local_grad: bool = False):
+    """(losses, weights) of 1 process x 32 and of 2 processes x 16."""
+    settings = TINY + [f"method={method}", "runtime.sync_bn=true"]
+    one = tmp_path / "one"
+    pretrain.train(params.load("smoke", settings=settings), data_dir, one, threads=1, log=lambda *_: None)
+    two = tmp_path / "two"
+    mp.spawn(_worker, args=(2, _free_port(), settings, str(data_dir), str(two), local_grad), nprocs=2)
+    runs = []
+    for run in (one, two):
+        losses = pd.read_csv(run / "history.csv")["loss"].to_numpy()
+        runs.append((torch.tensor(losses), torch.load(run / "model.pt", weights_only=True)["model"]))
+    assert len(runs[0][0]) == len(runs[1][0]) == 6
+    return runs
+
+
+def _max_diffs(runs):
+    (l1, w1), (l2, w2) = runs
+    weights = max((w1[k].double() - w2[k].double()).abs().max().item() for k in w1 if w1[k].is_floating_point())
+    return (l1 - l2).abs().max().item(), weights
+
+
+@pytest.mark.parametrize("method", ["simclr", "moco"])
+def test_two_processes_equal_one(tiny_data, tmp_path, method):
+    loss_diff, weight_diff = _max_diffs(_pair(tiny_data, tmp_path, method))
+    assert loss_diff <= ATOL and weight_diff <= ATOL, (loss_diff, weight_diff)
+
+
+def test_local_gradient_gather_fails_the_check(tiny_data, tmp_path):
+    runs = _pair(tiny_data, tmp_path, "simclr", local_grad=True)
+    loss_diff, weight_diff = _max_diffs(runs)
+    assert runs[0][0][0] == pytest.approx(runs[1][0][0], abs=ATOL)  # step 1's loss comes before any update
+    assert weight_diff > 100 * ATOL, weight_diff
+
+
+def test_world_size_must_match_the_params(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(distributed.WorldMismatch, match="runtime.gpus x runtime.nodes = 1"):
+        distributed.init(params.load("smoke"))
+
+
+def test_batch_must_divide_over_the_world():
+    with pytest.raises(params.ParamsError, match="not divisible by the world size"):
+        params.load("smoke", settings=["runtime.gpus=3"])
+    with pytest.raises(params.ParamsError, match="moco.shuffle_bn"):
+        params.load("smoke", settings=["moco.shuffle_bn=true"])
+
+
+def test_world_size_enters_the_run_id_only_above_one():
+    one = params.load("smoke")
+    assert params.pretrain_id(params.load("smoke", settings=["runtime.sync_bn=false"])) == params.pretrain_id(one)
+    two = params.load("smoke", settings=["runtime.gpus=2"])
+    assert params.pretrain_id(two) != params.pretrain_id(one)
+    assert params.pretrain_id(two) == params.pretrain_id(params.load("smoke", settings=["runtime.nodes=2"]))
+    assert params.pretrain_id(two) != params.pretrain_id(params.load("smoke", settings=["runtime.gpus=2",
+                                                                                        "runtime.sync_bn=false"]))
