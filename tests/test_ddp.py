@@ -19,7 +19,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from single_process_trace import METHODS, SETTINGS, TRACE, prepare, trace
+from single_process_trace import METHODS, TRACE, prepare, trace
 
 from simclr_ablations import data, distributed, params, pretrain
 
