@@ -51,8 +51,8 @@ def test_two_node_rendezvous_trains(tmp_path):
     sets = [a for s in TINY + ["runtime.nodes=2"] for a in ("--set", s)]
     procs = [subprocess.Popen([torchrun, "--nnodes=2", f"--node_rank={i}", "--nproc_per_node=1",
                                "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=test",
-                               "-m", "simclr_ablations.cli",
-                               "pretrain", "--preset", "smoke", *sets, "--data", str(d), "--out", str(tmp_path / "run")],
+                               "-m", "simclr_ablations.cli", "pretrain", "--preset", "smoke", *sets,
+                               "--data", str(d), "--out", str(tmp_path / "run")],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=tmp_path)
              for i in range(2)]
     outs = [p.communicate(timeout=600)[0] for p in procs]

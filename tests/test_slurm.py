@@ -472,3 +472,28 @@ def test_smoke_studies_through_slurm_equal_local(slurm_grid, slurm_cluster, refe
     print(f"\nslurm smoke grid ({', '.join(SLURM_STUDIES)}): wall {wall:.0f} s, {len(jobs)} Slurm jobs on "
           f"{slurm_cluster.cpus} CPUs; time in jobs {job_s} s, of which rules {rule_s:.0f} s: "
           f"{(job_s - rule_s) / len(jobs):.1f} s overhead per job")
+
+
+def test_two_gpu_pretraining_is_one_torchrun_in_one_task(slurm_cluster, tmp_path):  # noqa: F811
+    """`--config gpus=2`: one Slurm job asking for 2 (fake) GPUs runs one torchrun of 2 gloo processes on
+    the CPU; its log shows both ranks and its losses and weights equal a 1-process run's within 1e-5."""
+    import torch
+
+    from simclr_ablations import pretrain
+
+    r = studies.expand("smoke", "temperature", ("runtime.gpus=2",))[0]
+    folder = pretrain_dir(r)
+    work = copy_project(tmp_path / "slurm")
+    snakemake(work, f"{folder}/model.pt", "--profile", "slurm", "--config", "preset=smoke", "gpus=2",
+              studies_arg(["temperature"]), timeout=900)
+    log = (work / folder / "pretrain.log").read_text()
+    assert "rank 0 of 2 (local rank 0, backend gloo)" in log and "rank 1 of 2 (local rank 1, backend gloo)" in log, log
+    jobs = [j for j in jobs_of(slurm_cluster, work) if rule_of(j) == "pretrain"]
+    assert len(jobs) == 1 and jobs[0]["TresPerJob"] == "gres:gpu:2" and jobs[0]["JobState"] == "COMPLETED", jobs
+    one = P.load("smoke", settings=[s for s in r.settings if not s.startswith("runtime.gpus")])
+    data_dir = next((work / "data/grid").iterdir())
+    pretrain.train(one, data_dir, tmp_path / "one", log=lambda *_: None)
+    losses = [pd.read_csv(d / "history.csv")["loss"] for d in (work / folder, tmp_path / "one")]
+    assert (losses[0] - losses[1]).abs().max() <= 1e-5, losses
+    w2, w1 = (torch.load(d / "model.pt", weights_only=True)["model"] for d in (work / folder, tmp_path / "one"))
+    assert max((w1[k].double() - w2[k].double()).abs().max().item() for k in w1) <= 1e-5

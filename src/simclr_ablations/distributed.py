@@ -74,6 +74,10 @@ def init(p: dict) -> tuple[int, int, int]:
     return world, rk, local
 
 
+def backend() -> str:
+    return dist.get_backend() if world_size() > 1 else "none"
+
+
 def shutdown() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -116,7 +116,9 @@ def train(p: dict, data_dir: Path, out_dir: Path, threads: int = 0, log=print) -
     The run folder is locked meanwhile: a second writer is refused (the lock dies with the process).
     Under torchrun every rank calls this; rank 0 holds the lock and writes, the others do not log."""
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    distributed.init(p)
+    world, rank, local = distributed.init(p)
+    if world > 1:  # every rank says it is there (the job's log shows the world)
+        print(f"rank {rank} of {world} (local rank {local}, backend {distributed.backend()})", flush=True)
     try:
         if not distributed.is_main():
             return _train(p, data_dir, out_dir, threads, lambda *_: None)
