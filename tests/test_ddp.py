@@ -3,8 +3,11 @@
 - A run without torchrun is bit for bit what main's code gave before data parallelism
   (tests/single_process_trace.py wrote the reference from commit 81a1d80).
 - The equivalence test: 2 processes x batch B/2 and 1 process x batch B, same seed, SyncBN on, give
-  the same loss at every step and the same weights after 6 steps, within ATOL (float rounding: the
-  convolutions see B/2 instead of B images and the all-reduce sums in another order).
+  the same loss at every step and the same weights after 6 steps, within ATOL. It runs the network
+  in float64 (the losses stay float32): the smoke-size network (4 channels per stage) turns float32
+  rounding differences of 1e-7 (convolutions of B/2 instead of B images, another summation order)
+  into gradient differences of ~1% (measured: 2 processes agree with 1 to 1e-13 in float64, to
+  5e-3 in float32), which would hide a real error among rounding.
 - The same check with a gather whose backward keeps only the local gradient (lightly #1528) fails.
 """
 
@@ -21,9 +24,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from single_process_trace import METHODS, TRACE, prepare, trace
 
-from simclr_ablations import data, distributed, params, pretrain
+from simclr_ablations import augment, data, distributed, params, pretrain
 
-ATOL = 1e-5  # on every step's loss and every weight; the local-gradient gather misses it by > 1e-3
+ATOL = 1e-5  # on every step's loss and every weight; the local-gradient gather misses it by far more
 # 1 step per epoch (32 images, batch 32), so history.csv holds every step's loss; 6 steps.
 TINY = ["data.synthetic.train_size=32", "data.synthetic.test_size=32", "pretrain.batch_size=32",
         "pretrain.epochs=6", "pretrain.warmup_epochs=1"]
@@ -57,7 +60,21 @@ def _local_gradient_gather(t):
     return out
 
 
+def _to_float64(x):
+    return x.double().div_(255) if x.dtype == torch.uint8 else x
+
+
+def _float64(on: bool = True) -> None:
+    """Networks in float64 (parameters take the default dtype; views are made float64)."""
+    torch.set_default_dtype(torch.float64 if on else torch.float32)
+    augment.to_float = _to_float64 if on else _to_float32
+
+
+_to_float32 = augment.to_float
+
+
 def _worker(rank: int, world: int, port: int, settings: list, data_dir: str, out: str, local_grad: bool):
+    _float64()
     os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     if local_grad:
@@ -70,7 +87,11 @@ def _pair(data_dir, tmp_path, method: str, local_grad: bool = False):
     """(losses, weights) of 1 process x 32 and of 2 processes x 16."""
     settings = TINY + [f"method={method}", "runtime.sync_bn=true"]
     one = tmp_path / "one"
-    pretrain.train(params.load("smoke", settings=settings), data_dir, one, threads=1, log=lambda *_: None)
+    _float64()
+    try:
+        pretrain.train(params.load("smoke", settings=settings), data_dir, one, threads=1, log=lambda *_: None)
+    finally:
+        _float64(False)
     two = tmp_path / "two"
     mp.spawn(_worker, args=(2, _free_port(), settings, str(data_dir), str(two), local_grad), nprocs=2)
     runs = []

@@ -27,14 +27,14 @@ def test_one_node_runs_one_standalone_torchrun_on_its_gpus():
 
 
 def test_nodes_run_one_torchrun_each_with_a_c10d_rendezvous():
-    p = params.load("smoke", settings=["runtime.gpus=2", "runtime.nodes=3"])
+    p = params.load("smoke", settings=["runtime.gpus=2", "runtime.nodes=4"])
     line = launch.launcher(p)
     assert line.startswith("srun --nodes=$SLURM_NNODES --ntasks-per-node=1 ")
     for part in ("torchrun --nnodes=$SLURM_NNODES --nproc_per_node=2", "--rdzv_backend=c10d", "--rdzv_id=$SLURM_JOB_ID",
                  "--rdzv_endpoint=$(scontrol show hostnames $SLURM_JOB_NODELIST | head -n1):29500"):
         assert part in line
     res = launch.slurm_resources(p)
-    assert res["nodes"] == 3 and res["tasks"] == 3 and res["mpi"] == "srun" and "gpu" not in res
+    assert res["nodes"] == 4 and res["tasks"] == 4 and res["mpi"] == "srun" and "gpu" not in res
     assert "--ntasks-per-node=1" in res["slurm_extra"] and "--gpus-per-node=2" in res["slurm_extra"]
 
 

@@ -38,9 +38,9 @@ rule pretrain:
         ENV
     threads: THREADS
     resources:
+        **PRETRAIN_RES,
         mem_mb=RES["mem_mb"],
         runtime=RES["runtime"],
-        **PRETRAIN_RES,
     params:
         launch=lambda wc: LAUNCH[wc.run],
         args=lambda wc: UNIQUE[wc.run].cli_args(PRESET),
