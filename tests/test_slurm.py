@@ -476,7 +476,10 @@ def test_smoke_studies_through_slurm_equal_local(slurm_grid, slurm_cluster, refe
 
 def test_two_gpu_pretraining_is_one_torchrun_in_one_task(slurm_cluster, tmp_path):  # noqa: F811
     """`--config gpus=2`: one Slurm job asking for 2 (fake) GPUs runs one torchrun of 2 gloo processes on
-    the CPU; its log shows both ranks and its losses and weights equal a 1-process run's within 1e-5."""
+    the CPU. Its log shows both ranks; its weights equal, bit for bit, those of the same command run by a
+    local torchrun, and its losses those of 1 process x the whole batch within 1e-2 (float32: the smoke
+    network turns rounding into ~1e-3 loss differences after a few steps; tests/test_ddp.py checks the
+    2-versus-1 equivalence itself to 1e-5 in float64)."""
     import torch
 
     from simclr_ablations import pretrain
@@ -490,10 +493,13 @@ def test_two_gpu_pretraining_is_one_torchrun_in_one_task(slurm_cluster, tmp_path
     assert "rank 0 of 2 (local rank 0, backend gloo)" in log and "rank 1 of 2 (local rank 1, backend gloo)" in log, log
     jobs = [j for j in jobs_of(slurm_cluster, work) if rule_of(j) == "pretrain"]
     assert len(jobs) == 1 and jobs[0]["TresPerJob"] == "gres:gpu:2" and jobs[0]["JobState"] == "COMPLETED", jobs
-    one = P.load("smoke", settings=[s for s in r.settings if not s.startswith("runtime.gpus")])
     data_dir = next((work / "data/grid").iterdir())
+    local = tmp_path / "local"
+    run(["torchrun", "--standalone", "--nproc_per_node=2", "-m", "simclr_ablations.cli", "pretrain",
+         *r.cli_args("smoke").split(), "--data", data_dir, "--out", local], tmp_path)
+    w_slurm, w_local = (torch.load(d / "model.pt", weights_only=True)["model"] for d in (work / folder, local))
+    assert all(torch.equal(w_slurm[k], w_local[k]) for k in w_slurm)
+    one = P.load("smoke", settings=[s for s in r.settings if not s.startswith("runtime.gpus")])
     pretrain.train(one, data_dir, tmp_path / "one", log=lambda *_: None)
     losses = [pd.read_csv(d / "history.csv")["loss"] for d in (work / folder, tmp_path / "one")]
-    assert (losses[0] - losses[1]).abs().max() <= 1e-5, losses
-    w2, w1 = (torch.load(d / "model.pt", weights_only=True)["model"] for d in (work / folder, tmp_path / "one"))
-    assert max((w1[k].double() - w2[k].double()).abs().max().item() for k in w1) <= 1e-5
+    assert (losses[0] - losses[1]).abs().max() <= 1e-2, losses
