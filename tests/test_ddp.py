@@ -117,7 +117,7 @@ def test_two_processes_equal_one(tiny_data, tmp_path, method):
 def test_local_gradient_gather_fails_the_check(tiny_data, tmp_path):
     runs = _pair(tiny_data, tmp_path, "simclr", local_grad=True)
     loss_diff, weight_diff = _max_diffs(runs)
-    assert runs[0][0][0] == pytest.approx(runs[1][0][0], abs=ATOL)  # step 1's loss comes before any update
+    assert abs(float(runs[0][0][0] - runs[1][0][0])) <= ATOL  # step 1's loss comes before any update
     assert weight_diff > 100 * ATOL, weight_diff
 
 

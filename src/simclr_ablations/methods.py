@@ -70,7 +70,8 @@ class Queue(nn.Module):
 
     def __init__(self, size: int, dim: int, generator: torch.Generator | None = None):
         super().__init__()
-        self.register_buffer("keys", F.normalize(torch.randn(size, dim, generator=generator), dim=1))
+        keys = torch.randn(size, dim, generator=generator, dtype=torch.float32)
+        self.register_buffer("keys", F.normalize(keys, dim=1))
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
 
     @torch.no_grad()
@@ -177,7 +178,8 @@ class MoCo(Method):
             if m["queue_size"] > n_images - bs:
                 raise params.ParamsError(f"'moco.queue_size' = {m['queue_size']}: the memory bank has only "
                                          f"{n_images - bs} entries outside a batch ({n_images} images - batch {bs})")
-            self.register_buffer("bank", F.normalize(torch.randn(n_images, dim, generator=g), dim=1))
+            bank = torch.randn(n_images, dim, generator=g, dtype=torch.float32)
+            self.register_buffer("bank", F.normalize(bank, dim=1))
 
     def bank_indices(self, idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """`queue_size` distinct bank entries drawn uniformly from those of images not in the batch:
