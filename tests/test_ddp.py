@@ -142,3 +142,9 @@ def test_world_size_enters_the_run_id_only_above_one():
     assert params.pretrain_id(two) == params.pretrain_id(params.load("smoke", settings=["runtime.nodes=2"]))
     assert params.pretrain_id(two) != params.pretrain_id(params.load("smoke", settings=["runtime.gpus=2",
                                                                                         "runtime.sync_bn=false"]))
+
+
+def test_resume_with_another_world_size_is_refused(tmp_path):
+    blob = {"run_id": "abc", "world_size": 2}
+    with pytest.raises(pretrain.WorldSizeChanged, match="written by 2 processes, this run has 1"):
+        pretrain._resume(blob, "abc", None, None, None, tmp_path / "checkpoint.pt", print)
