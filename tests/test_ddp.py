@@ -73,14 +73,19 @@ def _float64(on: bool = True) -> None:
 _to_float32 = augment.to_float
 
 
-def _worker(rank: int, world: int, port: int, settings: list, data_dir: str, out: str, local_grad: bool):
+def _worker(rank: int, world: int, port: int, settings: list, data_dir: str, out: str, local_grad: bool,
+            log_file: str = ""):
     _float64()
     os.environ.update(WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     if local_grad:
         distributed.GATHER = _local_gradient_gather
     p = params.load("smoke", settings=settings + [f"runtime.gpus={world}"])
-    pretrain.train(p, data_dir, out, threads=1, log=lambda *_: None)
+    lines = []
+    pretrain.train(p, data_dir, out, threads=1, log=lines.append)
+    if log_file:
+        with open(log_file, "a") as f:
+            f.write("\n".join(map(str, lines)) + "\n")
 
 
 def _pair(data_dir, tmp_path, method: str, local_grad: bool = False):
@@ -148,3 +153,21 @@ def test_resume_with_another_world_size_is_refused(tmp_path):
     blob = {"run_id": "abc", "world_size": 2}
     with pytest.raises(pretrain.WorldSizeChanged, match="written by 2 processes, this run has 1"):
         pretrain._resume(blob, "abc", None, None, None, tmp_path / "checkpoint.pt", print)
+
+
+def test_two_process_run_resumes_from_its_checkpoint(tiny_data, tmp_path):
+    """Rank 0's checkpoint after epoch 1 (checkpoint.prev.pt of a finished 2-epoch run), given to a new
+    2-process run, gives the weights of the uninterrupted run, bit for bit."""
+    settings = [s for s in TINY if not s.startswith("pretrain.epochs")] + ["pretrain.epochs=2"]
+    full, resumed = tmp_path / "full", tmp_path / "resumed"
+    mp.spawn(_worker, args=(2, _free_port(), settings, str(tiny_data), str(full), False), nprocs=2)
+    resumed.mkdir()
+    blob = torch.load(full / "checkpoint.prev.pt", weights_only=True)
+    assert blob["epoch"] == 0 and blob["world_size"] == 2
+    (resumed / "checkpoint.pt").write_bytes((full / "checkpoint.prev.pt").read_bytes())
+    log = tmp_path / "resumed.log"
+    mp.spawn(_worker, args=(2, _free_port(), settings, str(tiny_data), str(resumed), False, str(log)), nprocs=2)
+    assert "resuming from checkpoint" in log.read_text() and "at epoch 1 (of 2)" in log.read_text()
+    a, b = (torch.load(d / "model.pt", weights_only=True)["model"] for d in (full, resumed))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert len(pd.read_csv(resumed / "history.csv")) == 2
