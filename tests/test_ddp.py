@@ -113,7 +113,7 @@ def _max_diffs(runs):
     return (l1 - l2).abs().max().item(), weights
 
 
-@pytest.mark.parametrize("method", ["simclr", "moco"])
+@pytest.mark.parametrize("method", ["simclr", "moco", "byol", "simsiam", "wcl"])
 def test_two_processes_equal_one(tiny_data, tmp_path, method):
     loss_diff, weight_diff = _max_diffs(_pair(tiny_data, tmp_path, method))
     assert loss_diff <= ATOL and weight_diff <= ATOL, (loss_diff, weight_diff)
