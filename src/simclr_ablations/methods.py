@@ -335,7 +335,8 @@ class WCL(Method):
         with torch.no_grad():
             h1 = distributed.gather_nograd(F.normalize(h[:b].detach().float(), dim=1))
             self.feats[idx.to(self.feats.device)] = h1.to(self.feats.device)
-        return loss, self.stats(z1, z2)
+        # z1, z2 are the global batch's already (self.stats would gather them again)
+        return loss, losses.contrastive_stats(z1, z2, self.p["pretrain"]["temperature"], True)
 
     @torch.no_grad()
     def end_epoch(self, epoch):
