@@ -287,7 +287,7 @@ class WCL(Method):
         self.graph_head = models.head(p, model.encoder.dim)
         self.images, self.norm = images, norm
         n, k = images.shape[0], min(p["wcl"]["knn_k"], images.shape[0] - 1)
-        self.register_buffer("feats", torch.zeros(n, model.encoder.dim))
+        self.register_buffer("feats", torch.zeros(n, model.encoder.dim, dtype=torch.float32))
         self.register_buffer("neighbours", torch.arange(n)[:, None].repeat(1, k))
         self.register_buffer("knn_ready", torch.zeros((), dtype=torch.bool))
 
