@@ -472,3 +472,34 @@ def test_smoke_studies_through_slurm_equal_local(slurm_grid, slurm_cluster, refe
     print(f"\nslurm smoke grid ({', '.join(SLURM_STUDIES)}): wall {wall:.0f} s, {len(jobs)} Slurm jobs on "
           f"{slurm_cluster.cpus} CPUs; time in jobs {job_s} s, of which rules {rule_s:.0f} s: "
           f"{(job_s - rule_s) / len(jobs):.1f} s overhead per job")
+
+
+def test_two_gpu_pretraining_is_one_torchrun_in_one_task(slurm_cluster, tmp_path):  # noqa: F811
+    """`--config gpus=2`: one Slurm job asking for 2 (fake) GPUs runs one torchrun of 2 gloo processes on
+    the CPU. Its log shows both ranks; its weights equal, bit for bit, those of the same command run by a
+    local torchrun, and its losses those of 1 process x the whole batch within 1e-2 (float32: the smoke
+    network turns rounding into ~1e-3 loss differences after a few steps; tests/test_ddp.py checks the
+    2-versus-1 equivalence itself to 1e-5 in float64)."""
+    import torch
+
+    from simclr_ablations import pretrain
+
+    r = studies.expand("smoke", "temperature", ("runtime.gpus=2",))[0]
+    folder = pretrain_dir(r)
+    work = copy_project(tmp_path / "slurm")
+    snakemake(work, f"{folder}/model.pt", "--profile", "slurm", "--config", "preset=smoke", "gpus=2",
+              studies_arg(["temperature"]), timeout=900)
+    log = (work / folder / "pretrain.log").read_text()
+    assert "rank 0 of 2 (local rank 0, backend gloo)" in log and "rank 1 of 2 (local rank 1, backend gloo)" in log, log
+    jobs = [j for j in jobs_of(slurm_cluster, work) if rule_of(j) == "pretrain"]
+    assert len(jobs) == 1 and jobs[0]["TresPerJob"] == "gres:gpu:2" and jobs[0]["JobState"] == "COMPLETED", jobs
+    data_dir = next((work / "data/grid").iterdir())
+    local = tmp_path / "local"
+    run(["torchrun", "--standalone", "--nproc_per_node=2", "-m", "simclr_ablations.cli", "pretrain",
+         *r.cli_args("smoke").split(), "--data", data_dir, "--out", local], tmp_path)
+    w_slurm, w_local = (torch.load(d / "model.pt", weights_only=True)["model"] for d in (work / folder, local))
+    assert all(torch.equal(w_slurm[k], w_local[k]) for k in w_slurm)
+    one = P.load("smoke", settings=[s for s in r.settings if not s.startswith("runtime.gpus")])
+    pretrain.train(one, data_dir, tmp_path / "one", log=lambda *_: None)
+    losses = [pd.read_csv(d / "history.csv")["loss"] for d in (work / folder, tmp_path / "one")]
+    assert (losses[0] - losses[1]).abs().max() <= 1e-2, losses

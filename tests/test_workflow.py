@@ -121,3 +121,29 @@ def test_bad_config_fails_at_dag_time(tmp_path, config, words):
     assert proc.returncode != 0
     for w in words:
         assert w in proc.stdout + proc.stderr
+
+
+def _jobs(out: str, rule: str) -> list[str]:
+    """The text blocks of a dry run's `rule <rule>:` jobs (resources and shell command)."""
+    return [b for b in out.split("\nrule ")[1:] if b.startswith(f"{rule}:")]
+
+
+def test_dry_run_of_imagenet_on_slurm_lists_every_job_with_its_gpus(tmp_path):
+    """`snakemake -n --profile slurm --config preset=imagenet`: every pretraining asks for 8 GPUs and runs
+    one torchrun of 8 processes, every evaluation 1 GPU; no data is touched. With nodes=2 (one study):
+    2 nodes, one torchrun per node through srun and a c10d rendezvous."""
+    work = copy_project(tmp_path / "p")
+    out = run(["snakemake", "-n", "-p", "--profile", "slurm", "--config", "preset=imagenet"], work).stdout
+    pre, ev = _jobs(out, "pretrain"), _jobs(out, "evaluate")
+    assert len(pre) == len(studies.unique(studies.expand("imagenet"))) > 100
+    assert all("gpu=8" in b and "torchrun --standalone --nproc_per_node=8 -m simclr_ablations.cli pretrain" in b
+               for b in pre)
+    assert ev and all("gpu=1" in b for b in ev)
+    out = run(["snakemake", "-n", "-p", "--profile", "slurm", "--config", "preset=imagenet", "nodes=2",
+               "studies=[temperature]"], work).stdout
+    pre = _jobs(out, "pretrain")
+    parts = ("nodes=2", "tasks=2", "mpi=srun", "--ntasks-per-node=1 --gpus-per-node=8",
+             "srun --nodes=$SLURM_NNODES --ntasks-per-node=1", "torchrun --nnodes=$SLURM_NNODES --nproc_per_node=8",
+             "--rdzv_backend=c10d")
+    assert pre and all(part in b for b in pre for part in parts), pre[0]
+    assert not (work / "data").exists() and not (work / "runs").exists()

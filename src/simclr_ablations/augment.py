@@ -3,7 +3,9 @@
 Every op takes a float batch B x 3 x H x W in [0, 1] (on the CPU or the GPU), the op's params
 and a torch.Generator on the batch's device, and returns a batch of the same shape. Random
 parameters are drawn per sample in one call each, so there is no Python loop over images and
-the whole pipeline runs where the batch lives. `two_views` builds SimCLR's pair of views,
+the whole pipeline runs where the batch lives. Under data parallelism the generator is a `Shard`:
+each rank draws the parameters of the whole global batch, exactly as one process would, and keeps
+its own rows, so N ranks x B/N images get the augmentations of 1 process x B. `two_views` builds SimCLR's pair of views,
 either with every op on both branches or with the paper's Fig. 5 protocol: each image is
 cropped and resized once, that same x_i is one view ("t(x_i) = x_i"), and the studied ops
 transform a copy of it into the other view.
@@ -17,12 +19,37 @@ import torch
 import torch.nn.functional as F
 
 
-def _u(n: int, lo, hi, g: torch.Generator) -> torch.Tensor:
-    return torch.rand(n, generator=g, device=g.device) * (hi - lo) + lo
+class Shard:
+    """A generator that draws for the global batch (`total` rows) and keeps rows [start, stop): this
+    rank's share. Every rank holds the same generator state, so the draws stay in step."""
+
+    def __init__(self, generator: torch.Generator, start: int, stop: int, total: int):
+        self.generator, self.start, self.stop, self.total = generator, start, stop, total
+        self.device = generator.device
 
 
-def _coin(n: int, p: float, g: torch.Generator) -> torch.Tensor:
-    return torch.rand(n, generator=g, device=g.device) < p
+def rows(g, n: int, draw) -> torch.Tensor:
+    """draw(n, generator): n rows of random numbers; for a Shard, the global batch's rows, sliced."""
+    if isinstance(g, Shard):
+        return draw(g.total, g.generator)[g.start:g.stop]
+    return draw(n, g)
+
+
+def base(g) -> torch.Generator:
+    """The torch.Generator behind g (for draws that are global, not per row)."""
+    return g.generator if isinstance(g, Shard) else g
+
+
+def _rand(n: int, g) -> torch.Tensor:
+    return rows(g, n, lambda m, gen: torch.rand(m, generator=gen, device=gen.device))
+
+
+def _u(n: int, lo, hi, g) -> torch.Tensor:
+    return _rand(n, g) * (hi - lo) + lo
+
+
+def _coin(n: int, p: float, g) -> torch.Tensor:
+    return _rand(n, g) < p
 
 
 def _gray(x: torch.Tensor) -> torch.Tensor:
@@ -37,8 +64,8 @@ def crop_boxes(n: int, height: int, width: int, scale_min: float, ratio_min: flo
     it falls back to the whole image.
     """
     area = height * width
-    target = area * _u(n * trials, scale_min, scale_max, g).view(n, trials)
-    log_r = _u(n * trials, math.log(ratio_min), math.log(ratio_max), g).view(n, trials)
+    target = area * rows(g, n, lambda m, gen: _u(m * trials, scale_min, scale_max, gen).view(m, trials))
+    log_r = rows(g, n, lambda m, gen: _u(m * trials, math.log(ratio_min), math.log(ratio_max), gen).view(m, trials))
     aspect = torch.exp(log_r)
     w = torch.sqrt(target * aspect)
     h = torch.sqrt(target / aspect)
@@ -46,8 +73,8 @@ def crop_boxes(n: int, height: int, width: int, scale_min: float, ratio_min: flo
     first = torch.where(ok.any(1), ok.float().argmax(1), torch.full_like(ok[:, 0], trials, dtype=torch.long))
     w = torch.cat([w, torch.full((n, 1), float(width), device=w.device)], 1).gather(1, first[:, None])[:, 0]
     h = torch.cat([h, torch.full((n, 1), float(height), device=h.device)], 1).gather(1, first[:, None])[:, 0]
-    x0 = torch.rand(n, generator=g, device=g.device) * (width - w)
-    y0 = torch.rand(n, generator=g, device=g.device) * (height - h)
+    x0 = _rand(n, g) * (width - w)
+    y0 = _rand(n, g) * (height - h)
     return torch.stack([x0, y0, w, h], 1)
 
 
@@ -144,7 +171,7 @@ def color(x, cfg, g):
         _u(b, max(0.0, 1 - bcs), 1 + bcs, g),
         _u(b, -hue, hue, g),
     ]
-    order = torch.rand(b, 4, generator=g, device=g.device).argsort(1)
+    order = rows(g, b, lambda m, gen: torch.rand(m, 4, generator=gen, device=gen.device)).argsort(1)
     jitter = _coin(b, cfg["p_jitter"], g)
     gray = _coin(b, cfg["p_gray"], g)
     ops = (_brightness, _contrast, _saturation, _hue)
@@ -173,7 +200,7 @@ def noise(x, cfg, g):
     """Additive Gaussian noise, sigma uniform in [0, std] per image."""
     b = x.shape[0]
     sigma = _u(b, 0.0, cfg["std"], g) * _coin(b, cfg["p"], g)
-    eps = torch.randn(x.shape, generator=g, device=g.device, dtype=x.dtype)
+    eps = rows(g, b, lambda m, gen: torch.randn((m, *x.shape[1:]), generator=gen, device=gen.device, dtype=x.dtype))
     return (x + sigma.view(-1, 1, 1, 1) * eps).clamp(0, 1)
 
 
@@ -197,7 +224,7 @@ def blur(x, cfg, g):
 def rotate(x, cfg, g):
     """Rotate by 90, 180 or 270 degrees (chosen uniformly) w.p. p."""
     b = x.shape[0]
-    k = torch.randint(1, 4, (b,), generator=g, device=g.device) * _coin(b, cfg["p"], g)
+    k = rows(g, b, lambda m, gen: torch.randint(1, 4, (m,), generator=gen, device=gen.device)) * _coin(b, cfg["p"], g)
     out = x
     for turns in (1, 2, 3):
         out = torch.where((k == turns)[:, None, None, None], torch.rot90(x, turns, (2, 3)), out)

@@ -14,8 +14,17 @@ what one step optimises and what state it keeps besides the network:
            of each view's 1-nearest-neighbour graph, used swapped (view 1's labels for view 2) in a
            supervised contrastive loss; and the KNN multi-crop (small crops of the K nearest images).
 
-Asymmetric losses are symmetrised over the two views. Single device only: the in-batch
-negatives (simclr, wcl) would need an all-gather across GPUs, and MoCo's shuffle-BN is not done.
+Asymmetric losses are symmetrised over the two views.
+
+Data parallel (distributed.py; alone, every gather is the identity): `loss` gets this rank's views
+and raw images, the *global* batch's indices and a Shard generator. simclr and wcl gather the
+embeddings (differentiable) and compute the global batch's loss on every rank; moco, byol and
+simsiam average over the rank's own samples (DDP's gradient average makes it the global mean), with
+moco's queue / bank fed the gathered keys in global order, so every rank holds the same queue. The
+logged statistics are those of the gathered embeddings. What differs from one process: nothing with
+runtime.sync_bn (up to float rounding; tests/test_ddp.py); without it each GPU's BatchNorm sees its
+own share, which for moco can be shuffle-BN (moco.shuffle_bn: the key encoder normalises a random
+share of the global batch, MoCo's remedy for per-GPU BN leaking which keys belong to the batch).
 """
 
 from __future__ import annotations
@@ -27,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import augment, losses, models, params
+from . import augment, distributed, losses, models, params
 
 
 def ema_(target: nn.Module, online: nn.Module, momentum: float) -> None:
@@ -61,7 +70,8 @@ class Queue(nn.Module):
 
     def __init__(self, size: int, dim: int, generator: torch.Generator | None = None):
         super().__init__()
-        self.register_buffer("keys", F.normalize(torch.randn(size, dim, generator=generator), dim=1))
+        keys = torch.randn(size, dim, generator=generator, dtype=torch.float32)
+        self.register_buffer("keys", F.normalize(keys, dim=1))
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
 
     @torch.no_grad()
@@ -118,11 +128,17 @@ class Method(nn.Module):
         self.p = p
         self.model = model
 
+    def forward(self, v, x, idx, g):
+        """The step's (loss, stats): `loss` under DistributedDataParallel, which calls forward."""
+        return self.loss(v, x, idx, g)
+
     def embed(self, v):
         return self.model.head(self.model.encoder(v))
 
     def stats(self, z1, z2) -> dict:
+        """Contrastive statistics of the global batch's embeddings (gathered, no gradient)."""
         t = self.p["pretrain"]
+        z1, z2 = distributed.gather_nograd(z1.detach()), distributed.gather_nograd(z2.detach())
         return losses.contrastive_stats(z1.float(), z2.float(), t["temperature"], True)
 
     def fixed_lr_parameters(self) -> list:
@@ -142,9 +158,11 @@ class SimCLR(Method):
         self.fn = losses.loss_fn(p)
 
     def loss(self, v, x, idx, g):
-        z1, z2 = self.embed(v).float().chunk(2)
+        z1, z2 = (distributed.gather(z) for z in self.embed(v).float().chunk(2))
         t = self.p["pretrain"]
-        return self.fn(z1, z2), losses.contrastive_stats(z1, z2, t["temperature"], t["l2_normalize"])
+        with torch.no_grad():
+            stats = losses.contrastive_stats(z1, z2, t["temperature"], t["l2_normalize"])
+        return self.fn(z1, z2), stats
 
 
 class MoCo(Method):
@@ -160,7 +178,8 @@ class MoCo(Method):
             if m["queue_size"] > n_images - bs:
                 raise params.ParamsError(f"'moco.queue_size' = {m['queue_size']}: the memory bank has only "
                                          f"{n_images - bs} entries outside a batch ({n_images} images - batch {bs})")
-            self.register_buffer("bank", F.normalize(torch.randn(n_images, dim, generator=g), dim=1))
+            bank = torch.randn(n_images, dim, generator=g, dtype=torch.float32)
+            self.register_buffer("bank", F.normalize(bank, dim=1))
 
     def bank_indices(self, idx: torch.Tensor, g: torch.Generator) -> torch.Tensor:
         """`queue_size` distinct bank entries drawn uniformly from those of images not in the batch:
@@ -169,7 +188,8 @@ class MoCo(Method):
         free = torch.ones(self.bank.shape[0], dtype=torch.bool)
         free[idx.cpu()] = False
         allowed = free.nonzero()[:, 0]
-        order = torch.randperm(allowed.numel(), generator=g, device=g.device).cpu()
+        gen = augment.base(g)  # idx is the global batch's: one draw for the whole batch, on every rank alike
+        order = torch.randperm(allowed.numel(), generator=gen, device=gen.device).cpu()
         return allowed[order[:self.p["moco"]["queue_size"]]]
 
     def negatives(self, idx, g):
@@ -177,14 +197,30 @@ class MoCo(Method):
             return self.queue.keys.clone()
         return self.bank[self.bank_indices(idx, g).to(self.bank.device)]
 
+    @torch.no_grad()
+    def keys(self, v, g):
+        """The key encoder's l2-normalised embeddings of v. Shuffle-BN (several ranks, moco.shuffle_bn):
+        the global batch's views are gathered, permuted with a draw shared by all ranks, each rank
+        encodes its share of the permuted batch (its BatchNorm sees a random subset), and the keys are
+        gathered back and unshuffled."""
+        if not (self.p["moco"]["shuffle_bn"] and distributed.world_size() > 1):
+            return F.normalize(self.key.head(self.key.encoder(v)).float(), dim=1)
+        everything = distributed.gather_nograd(v)
+        gen = augment.base(g)
+        perm = torch.randperm(everything.shape[0], generator=gen, device=gen.device).to(v.device)
+        k = F.normalize(self.key.head(self.key.encoder(distributed.shard(everything[perm]))).float(), dim=1)
+        unshuffled = torch.empty_like(k_all := distributed.gather_nograd(k))
+        unshuffled[perm] = k_all
+        return distributed.shard(unshuffled)
+
     def loss(self, v, x, idx, g):
         m = self.p["moco"]
         q1, q2 = F.normalize(self.embed(v).float(), dim=1).chunk(2)
-        with torch.no_grad():
-            k1, k2 = F.normalize(self.key.head(self.key.encoder(v)).float(), dim=1).chunk(2)
+        k1, k2 = self.keys(v, g).chunk(2)
         neg = self.negatives(idx, g)
         loss = (losses.info_nce(q1, k2, neg, m["temperature"]) + losses.info_nce(q2, k1, neg, m["temperature"])) / 2
         with torch.no_grad():
+            k1, k2 = distributed.gather_nograd(k1), distributed.gather_nograd(k2)  # the global batch's, in order
             if m["negatives"] == "queue":
                 self.queue.push(torch.cat([k1, k2]))
             else:
@@ -251,7 +287,7 @@ class WCL(Method):
         self.graph_head = models.head(p, model.encoder.dim)
         self.images, self.norm = images, norm
         n, k = images.shape[0], min(p["wcl"]["knn_k"], images.shape[0] - 1)
-        self.register_buffer("feats", torch.zeros(n, model.encoder.dim))
+        self.register_buffer("feats", torch.zeros(n, model.encoder.dim, dtype=torch.float32))
         self.register_buffer("neighbours", torch.arange(n)[:, None].repeat(1, k))
         self.register_buffer("knn_ready", torch.zeros((), dtype=torch.bool))
 
@@ -263,39 +299,44 @@ class WCL(Method):
         for _ in range(w["small_crops"]):
             src = x
             if bool(self.knn_ready):
-                nb = self.neighbours[idx.to(self.neighbours.device)]
-                pick = torch.randint(0, nb.shape[1], (nb.shape[0],), generator=g, device=g.device).to(nb.device)
+                nb = self.neighbours[distributed.shard(idx).to(self.neighbours.device)]
+                k = nb.shape[1]
+                pick = augment.rows(g, nb.shape[0], lambda m, gen, k=k: torch.randint(0, k, (m,), generator=gen,
+                                                                                      device=gen.device)).to(nb.device)
                 src = self.images[nb[torch.arange(nb.shape[0], device=nb.device), pick].cpu()].to(x.device)
             views.append(self.norm(augment.small_views(src, aug, g, size, w["small_scale_min"], w["small_scale_max"])))
         return views
 
     def loss(self, v, x, idx, g):
+        """The global batch's loss (embeddings gathered in global order, as SimCLR's)."""
         w = self.p["wcl"]
         t = w["temperature"]
         b = v.shape[0] // 2
         h = self.model.encoder(v)
-        z = F.normalize(self.model.head(h).float(), dim=1)
-        f = F.normalize(self.graph_head(h).float(), dim=1)
-        z1, z2 = z.chunk(2)
-        f1, f2 = f.chunk(2)
+        z1, z2 = (distributed.gather(e) for e in F.normalize(self.model.head(h).float(), dim=1).chunk(2))
+        f1, f2 = (distributed.gather(e) for e in F.normalize(self.graph_head(h).float(), dim=1).chunk(2))
+        z, f = torch.cat([z1, z2]), torch.cat([f1, f2])
+        b_all = z1.shape[0]
         loss = losses.nt_xent(z1, z2, t, True)
         mask1, mask2 = weak_label_mask(f1), weak_label_mask(f2)
-        eye = torch.eye(b, dtype=torch.bool, device=f.device)
+        eye = torch.eye(b_all, dtype=torch.bool, device=f.device)
         graph = (losses.sup_contrastive(f1, f1, mask2, t, eye) + losses.sup_contrastive(f2, f2, mask1, t, eye)) / 2
         loss = loss + w["lam"] * graph
         if w["small_crops"]:
             small = self.small(x, idx, g)
             hs = self.model.encoder(torch.cat(small))
-            zs = F.normalize(self.model.head(hs).float(), dim=1)
-            fs = F.normalize(self.graph_head(hs).float(), dim=1)
-            reps = len(small)
+            reps = len(small)  # gathered crop by crop: [crop 1 of the global batch; crop 2; ...]
+            zs = torch.cat([distributed.gather(e) for e in F.normalize(self.model.head(hs).float(), dim=1).chunk(reps)])
+            fs = torch.cat([distributed.gather(e) for e in F.normalize(self.graph_head(hs).float(), dim=1).chunk(reps)])
             own = torch.cat([eye, eye], 1).repeat(reps, 1)                   # small crop of i ~ both views of i
             weak = torch.cat([mask1, mask2], 1).repeat(reps, 1)              # ~ i's weak-label mates in each view
             loss = loss + w["beta"] * losses.sup_contrastive(zs, z, own, t)
             loss = loss + w["gamma"] * losses.sup_contrastive(fs, f, weak, t)
         with torch.no_grad():
-            self.feats[idx.to(self.feats.device)] = F.normalize(h[:b].detach().float(), dim=1).to(self.feats.device)
-        return loss, self.stats(z1, z2)
+            h1 = distributed.gather_nograd(F.normalize(h[:b].detach().float(), dim=1))
+            self.feats[idx.to(self.feats.device)] = h1.to(self.feats.device)
+        # z1, z2 are the global batch's already (self.stats would gather them again)
+        return loss, losses.contrastive_stats(z1, z2, self.p["pretrain"]["temperature"], True)
 
     @torch.no_grad()
     def end_epoch(self, epoch):

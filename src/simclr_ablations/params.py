@@ -152,6 +152,8 @@ RANGES = {
     "eval.semi.lr": POSITIVE,
     "runtime.threads": _between(0, 1024),
     "runtime.checkpoint_every": _between(1, 100_000),
+    "runtime.gpus": _between(1, 1024),
+    "runtime.nodes": _between(1, 4096),
 }
 
 
@@ -331,6 +333,13 @@ def _validate_cross(p: dict) -> None:
             f"'eval.feature_layer' = {p['eval']['feature_layer']}: the {head['type']} head has {depth} layer(s); "
             f"allowed 0 (h) to {depth}"
         )
+    world = p["runtime"]["gpus"] * p["runtime"]["nodes"]
+    if p["pretrain"]["batch_size"] % world:
+        raise ParamsError(f"'pretrain.batch_size' = {p['pretrain']['batch_size']} is not divisible by the world size "
+                          f"runtime.gpus x runtime.nodes = {world}: every process takes an equal share")
+    if p["moco"]["shuffle_bn"] and p["runtime"]["sync_bn"]:
+        raise ParamsError("'moco.shuffle_bn' = true needs runtime.sync_bn = false (with global BN statistics "
+                          "a shuffle across GPUs changes nothing)")
     if p["pretrain"]["warmup_epochs"] > p["pretrain"]["epochs"]:
         raise ParamsError(
             f"'pretrain.warmup_epochs' = {p['pretrain']['warmup_epochs']} exceeds "
@@ -417,8 +426,15 @@ def data_params(p: dict) -> dict:
 # are evaluated share one pretraining (in the Snakemake grid and under `dvc exp run`).
 # runtime keys that change the numbers: CPU kernels reduce in a thread-count-dependent order, and
 # bf16 autocast changes CUDA results. device, progress, compile, channels_last and checkpoint_every
-# do not enter the identity (the device is recorded in every result's provenance).
+# do not enter the identity (the device is recorded in every result's provenance). With more than one
+# process the world size and sync_bn enter it too (per-GPU BN is another model; the reduction order
+# differs), so a single-process run keeps the id it had before data parallelism.
 RUNTIME_IDENTITY = ("threads", "amp")
+
+
+def world_size(p: dict) -> int:
+    """Data-parallel processes of the run: runtime.gpus x runtime.nodes."""
+    return p["runtime"]["gpus"] * p["runtime"]["nodes"]
 
 
 def pretrain_params(p: dict) -> dict:
@@ -427,6 +443,10 @@ def pretrain_params(p: dict) -> dict:
     head, the loss of the supervised baseline, the settings of augmentations and methods not in use)."""
     q = _copy({k: v for k, v in p.items() if k not in ("runtime", "eval")})
     q["runtime"] = {k: p["runtime"][k] for k in RUNTIME_IDENTITY}
+    if world_size(p) > 1:
+        q["runtime"].update(world=world_size(p), sync_bn=p["runtime"]["sync_bn"])
+    else:
+        del q["moco"]["shuffle_bn"]
     head, t, aug = q["head"], q["pretrain"], q["augment"]
     if head["type"] != "mlp":
         q["head"] = {"type": "none"} if head["type"] == "none" else {"type": "linear", "out_dim": head["out_dim"]}

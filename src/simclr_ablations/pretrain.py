@@ -7,6 +7,11 @@ starve the GPU. Randomness is derived from (seed, epoch), which is what makes a 
 identical to an uninterrupted one: a checkpoint is written atomically after every epoch, and a
 rerun of a killed job continues from the last one.
 
+Under torchrun (runtime.gpus x runtime.nodes processes; distributed.py) the same command trains data
+parallel with DistributedDataParallel: every rank draws the global batch's order and augmentations
+and keeps its share, the methods gather what their losses need, rank 0 alone writes checkpoints and
+outputs (the others wait at a barrier). Alone, the computation is the one it always was.
+
 `pretrain.epochs: 0` saves the initialised model untouched: the untrained-encoder baseline (same
 architecture and seed, same evaluation) that every study is compared against.
 """
@@ -16,15 +21,17 @@ from __future__ import annotations
 import copy
 import csv
 import json
+import math
 import os
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from . import augment, checkpoint, data, methods, models, optim, params, provenance
+from . import augment, checkpoint, data, distributed, methods, models, optim, params, provenance
 
 
 class TrainingDiverged(RuntimeError):
@@ -39,12 +46,16 @@ def run_id(p: dict) -> str:
 def setup(p: dict, threads: int = 0) -> torch.device:
     """Pick the device and CPU thread count; make CPU runs deterministic."""
     r = p["runtime"]
-    n = threads or r["threads"] or int(os.environ.get("SLURM_CPUS_PER_TASK", 0)) or os.cpu_count() or 1
+    local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", 1)))  # torchrun's processes on this node share its CPUs
+    n = (threads or r["threads"] or int(os.environ.get("SLURM_CPUS_PER_TASK", 0)) // local
+         or (os.cpu_count() or 1) // local or 1)
     torch.set_num_threads(n)
     want = r["device"]
     if want == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("runtime.device = 'cuda' but no CUDA device is available (use auto or cpu)")
     device = torch.device("cuda" if (want != "cpu" and torch.cuda.is_available()) else "cpu")
+    if device.type == "cuda" and "LOCAL_RANK" in os.environ:
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -64,12 +75,19 @@ def save_atomic(obj, path: Path) -> None:
     checkpoint.save_atomic(obj, path)
 
 
+class WorldSizeChanged(checkpoint.UserError):
+    """A checkpoint written by another number of processes (refused: see README, More than one GPU)."""
+
+
 def _resume(blob: dict, rid: str, model, method, opt, ckpt_path: Path, log) -> bool:
     """Load a checkpoint's state into model/method/optimizer; False if it is another run's, or was
     written by other training code (a resumed run must be one computation)."""
     if blob["run_id"] != rid:
         log(f"ignoring checkpoint {ckpt_path}: it belongs to run {blob['run_id']}, not {rid}")
         return False
+    if blob.get("world_size", 1) != distributed.world_size():
+        raise WorldSizeChanged(f"checkpoint {ckpt_path} was written by {blob.get('world_size', 1)} processes, this run "
+                               f"has {distributed.world_size()}: resuming with another world size is refused")
     code = provenance.stage_hash("pretrain")
     if blob.get("code", code) != code:
         log(f"ignoring checkpoint {ckpt_path}: it was written by other training code ({blob['code']}, now {code})")
@@ -95,10 +113,19 @@ def build_model(p: dict, classes: int) -> torch.nn.Module:
 def train(p: dict, data_dir: Path, out_dir: Path, threads: int = 0, log=print) -> dict:
     """Pretrain the model `p` describes on the prepared data; write out_dir/model.pt when complete.
 
-    The run folder is locked meanwhile: a second writer is refused (the lock dies with the process)."""
+    The run folder is locked meanwhile: a second writer is refused (the lock dies with the process).
+    Under torchrun every rank calls this; rank 0 holds the lock and writes, the others do not log."""
     Path(out_dir).mkdir(parents=True, exist_ok=True)
-    with checkpoint.RunLock(out_dir):
-        return _train(p, data_dir, out_dir, threads, log)
+    world, rank, local = distributed.init(p)
+    if world > 1:  # every rank says it is there (the job's log shows the world)
+        print(f"rank {rank} of {world} (local rank {local}, backend {distributed.backend()})", flush=True)
+    try:
+        if not distributed.is_main():
+            return _train(p, data_dir, out_dir, threads, lambda *_: None)
+        with checkpoint.RunLock(out_dir):
+            return _train(p, data_dir, out_dir, threads, log)
+    finally:
+        distributed.shutdown()
 
 
 def _train(p: dict, data_dir: Path, out_dir: Path, threads: int, log) -> dict:
@@ -113,6 +140,8 @@ def _train(p: dict, data_dir: Path, out_dir: Path, threads: int, log) -> dict:
         images, labels = data.pretrain_images(data_dir)
     t, aug = optim.recipe(p), p["augment"]
     n, bs = images.shape[0], t["batch_size"]
+    world, rank, main = distributed.world_size(), distributed.rank(), distributed.is_main()
+    local_bs = bs // world
     steps_per_epoch = n // bs
     if steps_per_epoch == 0:
         raise params.ParamsError(f"'pretrain.batch_size' = {bs} exceeds the {n} pretraining images of {data_dir}")
@@ -126,6 +155,8 @@ def _train(p: dict, data_dir: Path, out_dir: Path, threads: int, log) -> dict:
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     method = None if p["method"] == "supervised" else methods.build(p, model, images, norm).to(device)
+    if world > 1 and p["runtime"]["sync_bn"]:
+        distributed.convert_sync_bn(method or model, device)  # in place: BatchNorms inside become SyncBatchNorms
     opt = optim.build(method or model, t)
     peak = opt.param_groups[0]["lr"]
     forward = model
@@ -136,8 +167,12 @@ def _train(p: dict, data_dir: Path, out_dir: Path, threads: int, log) -> dict:
     ckpt_path, rid = out_dir / "checkpoint.pt", run_id(p)
     start_epoch, history = 0, []
     fresh = copy.deepcopy([model.state_dict(), method.state_dict() if method else None, opt.state_dict()])
-    ckpt = checkpoint.load_checkpoint(ckpt_path, log, device, lambda blob: _resume(blob, rid, model, method, opt,
-                                                                                   ckpt_path, log))
+    ckpt = None
+    for turn in range(2 if world > 1 else 1):  # rank 0 first: it moves a corrupt checkpoint aside
+        if (turn == 0) == main:
+            ckpt = checkpoint.load_checkpoint(ckpt_path, log, device, lambda blob: _resume(blob, rid, model, method,
+                                                                                           opt, ckpt_path, log))
+        distributed.barrier()
     if ckpt is not None:
         start_epoch, history = ckpt["epoch"] + 1, ckpt["history"]
         log(f"resuming from checkpoint {ckpt_path} at epoch {start_epoch} (of {t['epochs']})")
@@ -149,10 +184,15 @@ def _train(p: dict, data_dir: Path, out_dir: Path, threads: int, log) -> dict:
     if cuda:
         images = images.pin_memory()
         labels = labels.pin_memory()
+    net = method if method is not None else forward
+    if world > 1:  # buffers (queues, EMA targets, BN statistics) are kept equal by construction, not broadcast
+        net = DistributedDataParallel(method or model, broadcast_buffers=False)
 
     model.train()
     for epoch in range(start_epoch, t["epochs"]):
         g_order, g_aug = epoch_generators(p["seed"], epoch, device)
+        if world > 1:  # the global batch's augmentation draws, this rank's rows
+            g_aug = augment.Shard(g_aug, rank * local_bs, (rank + 1) * local_bs, bs)
         perm = torch.randperm(n, generator=g_order)
         sums = dict.fromkeys(["loss", "train_acc"] if p["method"] == "supervised"
                              else ["loss", "contrastive_acc", "entropy"], 0.0)
@@ -164,14 +204,15 @@ def _train(p: dict, data_dir: Path, out_dir: Path, threads: int, log) -> dict:
             for group in opt.param_groups:
                 group["lr"] = lr
             idx = perm[step * bs:(step + 1) * bs]
-            x = images[idx].to(device, non_blocking=True)
+            mine = distributed.shard(idx)
+            x = images[mine].to(device, non_blocking=True)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda and p["runtime"]["amp"]):
                 if p["method"] == "supervised":
-                    y = labels[idx].to(device, non_blocking=True)
+                    y = labels[mine].to(device, non_blocking=True)
                     v = norm(augment.apply_ops(augment.to_float(x), aug["ops"], aug, g_aug))
                     if channels_last:
                         v = v.contiguous(memory_format=torch.channels_last)
-                    logits = forward(v)
+                    logits = net(v)
                     loss = F.cross_entropy(logits.float(), y)
                     stats = {"train_acc": (logits.argmax(1) == y).float().mean().item()}
                 else:
@@ -179,10 +220,14 @@ def _train(p: dict, data_dir: Path, out_dir: Path, threads: int, log) -> dict:
                     v = norm(torch.cat([v1, v2]))
                     if channels_last:
                         v = v.contiguous(memory_format=torch.channels_last)
-                    loss, stats = method.loss(v, x, idx, g_aug)
-            if not torch.isfinite(loss):
+                    loss, stats = net(v, x, idx, g_aug)
+            value = loss.item()
+            if world > 1:  # the global batch's loss (a rank's own mean for per-sample losses)
+                stats = distributed.mean_scalars({"loss": value, **stats})
+                value = stats.pop("loss")
+            if not math.isfinite(value):
                 raise TrainingDiverged(
-                    f"loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}; stopping. "
+                    f"loss is {value} at epoch {epoch + 1}, step {step + 1}; stopping. "
                     f"Last good checkpoint: {ckpt_path if ckpt_path.exists() else 'none (first epoch)'}. "
                     f"Try a lower pretrain.lr or a higher pretrain.temperature.")
             opt.zero_grad(set_to_none=True)
@@ -190,10 +235,10 @@ def _train(p: dict, data_dir: Path, out_dir: Path, threads: int, log) -> dict:
             opt.step()
             if method is not None:
                 method.after_step((epoch * steps_per_epoch + step + 1) / total)
-            sums["loss"] += loss.item()
+            sums["loss"] += value
             for k, v_ in stats.items():
                 sums[k] += v_
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            bar.set_postfix(loss=f"{value:.3f}")
         if method is not None:
             method.end_epoch(epoch)
         seconds = time.perf_counter() - t0
@@ -205,11 +250,14 @@ def _train(p: dict, data_dir: Path, out_dir: Path, threads: int, log) -> dict:
         what = f"model after epoch {epoch + 1}"
         checkpoint.check_finite_modules(what, model, method)
         checkpoint.check_features(model, norm(augment.to_float(images[:16].to(device))), what)
-        if (epoch + 1) % p["runtime"]["checkpoint_every"] == 0 or epoch + 1 == t["epochs"]:
-            checkpoint.save_checkpoint({"run_id": rid, "code": provenance.stage_hash("pretrain"), "epoch": epoch,
-                                        "model": model.state_dict(),
-                                        "method": method.state_dict() if method is not None else None,
-                                        "optimizer": opt.state_dict(), "history": history}, ckpt_path)
+        if main and ((epoch + 1) % p["runtime"]["checkpoint_every"] == 0 or epoch + 1 == t["epochs"]):
+            blob = {"run_id": rid, "code": provenance.stage_hash("pretrain"), "epoch": epoch,
+                    "model": model.state_dict(), "method": method.state_dict() if method is not None else None,
+                    "optimizer": opt.state_dict(), "history": history}
+            if world > 1:
+                blob["world_size"] = world
+            checkpoint.save_checkpoint(blob, ckpt_path)
+        distributed.barrier()
 
     untrained = dict.fromkeys(["loss"] + (["train_acc"] if p["method"] == "supervised"
                                           else ["contrastive_acc", "entropy"]), float("nan"))
@@ -224,6 +272,11 @@ def _train(p: dict, data_dir: Path, out_dir: Path, threads: int, log) -> dict:
         "params_count": models.count_params(model),
         "encoder_params": models.count_params(model.encoder),
     }
+    if world > 1:
+        summary["world_size"] = world
+    if not main:
+        distributed.barrier()  # rank 0 writes the outputs
+        return summary
     prov = provenance.record(device, torch.get_num_threads(), time.perf_counter() - wall0)
     summary["provenance"] = provenance.compact(prov)
     _write_history(history, out_dir / "history.csv")
@@ -232,6 +285,7 @@ def _train(p: dict, data_dir: Path, out_dir: Path, threads: int, log) -> dict:
     checkpoint.write_text_atomic(out_dir / "train.json", json.dumps(summary, indent=2))
     save_atomic({"run_id": rid, "params": p, "model": model.state_dict(), "classes": len(meta["classes"]),
                  "summary": summary}, out_dir / "model.pt")
+    distributed.barrier()
     return summary
 
 

@@ -7,7 +7,7 @@ import shlex
 from snakemake.exceptions import WorkflowError
 
 from simclr_ablations import params as P
-from simclr_ablations import provenance, studies
+from simclr_ablations import launch, provenance, studies
 
 PRESET = config["preset"]
 EXTRA = []
@@ -17,6 +17,10 @@ if config["data_root"]:
     EXTRA.append(f"data.root={config['data_root']}")
 if config["image_size"]:
     EXTRA.append(f"data.image_size={config['image_size']}")
+if config.get("gpus"):
+    EXTRA.append(f"runtime.gpus={config['gpus']}")
+if config.get("nodes"):
+    EXTRA.append(f"runtime.nodes={config['nodes']}")
 EXTRA = tuple(EXTRA)
 STUDIES = list(config["studies"]) or studies.names()
 try:
@@ -51,6 +55,9 @@ DATA_ARGS = {
 RES = config["resources"].get(PRESET, config["resources"]["default"])
 # Threads are part of a run's identity (CPU results depend on them): the preset's runtime.threads.
 THREADS = BASE["runtime"]["threads"] or RES["threads"]
+# Data parallel pretraining (runtime.gpus x runtime.nodes processes): torchrun inside the job (launch.py).
+LAUNCH = {rid: launch.launcher(r.params) for rid, r in UNIQUE.items()}
+PRETRAIN_RES = launch.slurm_resources(BASE)
 EXTRA_ARGS = " ".join(f"--extra {shlex.quote(s)}" for s in EXTRA)
 CAPTION = f"preset {PRESET}, dataset {DATASET}"
 # Rerun a stage when the source of the modules its command runs changes (the `params` trigger).

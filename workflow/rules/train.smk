@@ -1,7 +1,8 @@
 # Data preparation, pretraining and evaluation. Pretraining resumes from
 # runs/grid/<run>/checkpoint.pt (not a declared output, so Snakemake never deletes it) after a
 # kill, a failure or a Slurm requeue; outputs appear only when complete. An evaluation lives
-# under its pretraining: runs/grid/<run>/eval/<ev>/.
+# under its pretraining: runs/grid/<run>/eval/<ev>/. A pretraining of runtime.gpus > 1 runs under
+# torchrun in one Slurm task holding its GPUs; runtime.nodes > 1 runs one torchrun per node (launch.py).
 
 
 rule prepare:
@@ -37,14 +38,15 @@ rule pretrain:
         ENV
     threads: THREADS
     resources:
-        gpu=RES["gpu"],
+        **PRETRAIN_RES,
         mem_mb=RES["mem_mb"],
         runtime=RES["runtime"],
     params:
+        launch=lambda wc: LAUNCH[wc.run],
         args=lambda wc: UNIQUE[wc.run].cli_args(PRESET),
         code=CODE["pretrain"],
     shell:
-        "simclr-ablations pretrain {params.args} --data {input.data} --out runs/grid/{wildcards.run}"
+        "{params.launch} pretrain {params.args} --data {input.data} --out runs/grid/{wildcards.run}"
         " >> {log} 2>&1"
 
 
