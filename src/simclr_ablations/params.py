@@ -166,7 +166,7 @@ class ParamsError(ValueError):
     """A params file or setting is invalid; the message names the key, value and what is allowed."""
 
 
-class _Loader(yaml.SafeLoader):
+class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml's parser when PyYAML has it (10x faster)
     """Safe YAML with YAML 1.2 numbers (1e-6 is a float) and duplicate keys refused."""
 
 
