@@ -1,8 +1,9 @@
 """DAG build time of the study grid: `snakemake -n -q --config preset=P` for each preset.
 
 Each preset is timed cold (the expanded-grid cache .snakemake/simclr-plan removed first: what the
-first dry run after a params or code change pays) and warm (the cache present: what every later
-dry run and every Slurm job that re-reads the Snakefile pays). Wall time and the CPU time (user +
+first dry run after a params or code change pays), warm (the cache present: what every later dry
+run pays) and job (the Snakemake inside one Slurm job, `--mode remote --target-jobs pretrain:run=ID`,
+dry: what every job pays before the rule's own command starts). Wall time and the CPU time (user +
 sys) of the snakemake process are printed; on a shared machine the CPU time is the steadier one.
 
     .venv/bin/python bench/dag.py [--presets smoke cpu cifar10] [--repeats 3] [--project .]
@@ -31,12 +32,14 @@ def snakemake_bin() -> str:
     return str(here) if here.exists() else "snakemake"
 
 
-def dry_run(project: Path, preset: str) -> tuple[float, float]:
-    """(wall s, cpu s) of one `snakemake -n -q` in `project`."""
+def dry_run(project: Path, preset: str, job: str = "") -> tuple[float, float]:
+    """(wall s, cpu s) of one `snakemake -n -q` in `project`; with `job` (rule:wildcard=value), of the
+    Snakemake that a Slurm job runs for it (`--mode remote --target-jobs`), dry."""
     before = os.times()
     t0 = time.perf_counter()
     env = dict(os.environ, PYTHONPATH=str(project / "src"))  # that project's code, not the installed one
-    proc = subprocess.run([snakemake_bin(), "-n", "-q", "--config", f"preset={preset}"], cwd=project,
+    extra = ["--mode", "remote", "--target-jobs", job, "--allowed-rules", job.split(":")[0], "--nolock"] if job else []
+    proc = subprocess.run([snakemake_bin(), "-n", "-q", "--config", f"preset={preset}", *extra], cwd=project,
                           capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
     after = os.times()
@@ -58,13 +61,14 @@ def main() -> None:
     cache = args.project / ".snakemake" / "simclr-plan"
     print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     for preset in args.presets:
-        n = len(studies.unique(studies.expand(preset)))
-        for mode in ("cold", "warm"):
+        runs = studies.unique(studies.expand(preset))
+        n, job = len(runs), f"pretrain:run={next(iter(runs))}"
+        for mode in ("cold", "warm", "job"):
             times = []
             for _ in range(args.repeats):
                 if mode == "cold":
                     shutil.rmtree(cache, ignore_errors=True)
-                times.append(dry_run(args.project, preset))
+                times.append(dry_run(args.project, preset, job if mode == "job" else ""))
             wall = statistics.median(t[0] for t in times)
             cpu = statistics.median(t[1] for t in times)
             print(f"dag {preset} {mode}: wall {wall:.2f} s, cpu {cpu:.2f} s (median of {args.repeats}; "
