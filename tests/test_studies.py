@@ -1,6 +1,7 @@
 """Study expansion, aggregation over seeds and the verdict rule, on constructed inputs."""
 
 import math
+import os
 import shutil
 
 import pandas as pd
@@ -99,6 +100,12 @@ def test_plan_cache_returns_the_expansion_and_follows_the_params(tmp_path, monke
     cached.write_text("{not json")
     assert studies.plan("smoke", ["temperature"], cache_dir=tmp_path) == fresh and calls
     assert not list(tmp_path.glob(".*.tmp"))
+    for n in range(studies.PLANS_KEPT + 2):  # old plans are pruned
+        (tmp_path / f"plan-old{n}.json").write_text("{}")
+        os.utime(tmp_path / f"plan-old{n}.json", (n, n))
+    cached.unlink()
+    studies.plan("smoke", ["temperature"], cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("plan-*.json"))) == studies.PLANS_KEPT and cached.exists()
 
     default = params.PARAMS_DIR / "default.yaml"
     key = studies.plan_key("smoke", ["temperature"], (), 0)

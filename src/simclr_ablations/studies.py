@@ -110,6 +110,9 @@ def expand(preset: str, study: str | None = None, extra: tuple[str, ...] = (), n
     return runs
 
 
+PLANS_KEPT = 16  # newest cached plans kept (one per preset, config and version of the params)
+
+
 def plan_key(preset: str, names: list[str], extra: tuple[str, ...], n_seeds: int) -> str:
     """Digest of everything an expansion depends on: the params files (default, presets, studies),
     the source of the code that expands and names runs (params.py, studies.py) and the arguments."""
@@ -141,6 +144,8 @@ def plan(preset: str, names: list[str], extra: tuple[str, ...] = (), n_seeds: in
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
+        for stale in sorted(path.parent.glob("plan-*.json"), key=lambda f: f.stat().st_mtime)[:-PLANS_KEPT]:
+            stale.unlink(missing_ok=True)
     return out
 
 
