@@ -9,7 +9,9 @@ min_version("9.18")
 configfile: "workflow/config.yaml"
 
 
-validate(config, "workflow/schemas/config.schema.yaml")
+# Validated once by the main process, before any job starts; a job re-reading this file skips it.
+if workflow.is_main_process:
+    validate(config, "workflow/schemas/config.schema.yaml")
 
 
 report: "workflow/report/workflow.rst"

@@ -97,3 +97,20 @@ def test_dvc_deps_are_the_modules_each_stage_imports():
     keys = lambda s: next(iter(stages[s]["params"][0].values()))  # noqa: E731
     assert keys("prepare") == ["data"] and keys("evaluate") == ["eval"] and "eval" not in keys("pretrain")
     assert yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"]
+
+
+def test_failed_exp_run_leaves_its_values_and_git_checkout_restores_them(repo):
+    """README: a failed `dvc exp run -S` keeps its values in params/experiment.yaml (DVC writes them
+    before running); `git checkout params/experiment.yaml` restores the committed file."""
+    dvc = need("dvc")
+    committed = (repo / "params/experiment.yaml").read_text()
+    proc = subprocess.run([dvc, "exp", "run", "-S", "params/experiment.yaml:pretrain.temperature=-1"], cwd=repo,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode != 0
+    assert "pretrain.temperature" in proc.stdout + proc.stderr  # the params stage names the bad key
+    left = yaml.safe_load((repo / "params/experiment.yaml").read_text())
+    assert left["pretrain"]["temperature"] == -1  # what the README warns about
+    _run(["git", "checkout", "params/experiment.yaml"], repo)
+    assert (repo / "params/experiment.yaml").read_text() == committed
+    readme = (ROOT / "README.md").read_text()
+    assert "git checkout\n  params/experiment.yaml" in readme or "git checkout params/experiment.yaml" in readme

@@ -169,3 +169,30 @@ def test_full_filesystem_is_a_clear_error_and_old_outputs_survive(tiny, tmp_path
         assert not (fs / "new" / "model.pt").exists() and not (fs / "d").exists()
     finally:
         subprocess.run(["umount", str(fs)], check=False)
+
+
+def test_writers_leave_no_temp_file_when_the_write_fails(tmp_path, monkeypatch):
+    """params.yaml, history.csv, figures, tables and findings are written through params.atomic_path:
+    when the final rename fails (here: a full disk), the error propagates, the old file is intact and
+    no *.tmp is left behind (before: a fixed `<name>.tmp` stayed, and was shared by two writers)."""
+    import errno
+
+    import matplotlib.pyplot as plt
+
+    from simclr_ablations import plots
+
+    def full(*_):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    writes = {"params.yaml": lambda path: params.dump({"a": 1}, path),
+              "history.csv": lambda path: pretrain._write_history([{"epoch": 0, "loss": 1.0}], path),
+              "curves.png": lambda path: plots.save(plt.figure(), path)}
+    for name, write in writes.items():
+        (tmp_path / name).write_text("old")
+        monkeypatch.setattr(os, "replace", full)
+        with pytest.raises(OSError, match="No space"):
+            write(tmp_path / name)
+        monkeypatch.undo()
+        assert (tmp_path / name).read_text() == "old", name
+        assert not [f.name for f in tmp_path.iterdir() if ".tmp" in f.name], name
+    plt.close("all")

@@ -1,6 +1,8 @@
 """Study expansion, aggregation over seeds and the verdict rule, on constructed inputs."""
 
 import math
+import os
+import shutil
 
 import pandas as pd
 import pytest
@@ -80,3 +82,36 @@ def test_verdict_is_paired_over_seeds():
     assert a.std() > 15 and findings.verdict(a, b)[0] == "reproduced"
     # the same values with the seeds shuffled on one side no longer pair up
     assert findings.verdict(a, pd.Series([89.0, 49.0, 69.0]))[0] == "inconclusive"
+
+
+def test_plan_cache_returns_the_expansion_and_follows_the_params(tmp_path, monkeypatch):
+    """studies.plan: the first call writes the cache, the next loads equal runs from it (without
+    expanding again); a changed params file is a new key; a damaged cache file is expanded again."""
+    fresh = {"temperature": studies.expand("smoke", "temperature")}
+    assert studies.plan("smoke", ["temperature"], cache_dir=tmp_path) == fresh
+    (cached,) = tmp_path.glob("plan-*.json")
+    calls = []
+    real = studies.expand
+    monkeypatch.setattr(studies, "expand", lambda *a, **k: calls.append(a) or real(*a, **k))
+    again = studies.plan("smoke", ["temperature"], cache_dir=tmp_path)
+    assert again == fresh and not calls
+    assert [r.params for r in again["temperature"]] == [r.params for r in fresh["temperature"]]
+    assert studies.plan_key("smoke", ["temperature"], (), 0) != studies.plan_key("smoke", ["temperature"], (), 2)
+    cached.write_text("{not json")
+    assert studies.plan("smoke", ["temperature"], cache_dir=tmp_path) == fresh and calls
+    assert not list(tmp_path.glob(".*.tmp"))
+    for n in range(studies.PLANS_KEPT + 2):  # old plans are pruned
+        (tmp_path / f"plan-old{n}.json").write_text("{}")
+        os.utime(tmp_path / f"plan-old{n}.json", (n, n))
+    cached.unlink()
+    studies.plan("smoke", ["temperature"], cache_dir=tmp_path)
+    assert len(list(tmp_path.glob("plan-*.json"))) == studies.PLANS_KEPT and cached.exists()
+
+    default = params.PARAMS_DIR / "default.yaml"
+    key = studies.plan_key("smoke", ["temperature"], (), 0)
+    monkeypatch.setattr(params, "PARAMS_DIR", tmp_path / "params")
+    shutil.copytree(default.parent, tmp_path / "params")
+    assert studies.plan_key("smoke", ["temperature"], (), 0) == key
+    with open(tmp_path / "params" / "default.yaml", "a") as f:
+        f.write("\n# edited\n")
+    assert studies.plan_key("smoke", ["temperature"], (), 0) != key

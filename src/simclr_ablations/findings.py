@@ -27,11 +27,11 @@ falls below its mean is listed, and flagged in the findings rows.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import pandas as pd
 
+from . import params
 from .tables import best_left_out, code_versions
 from .tables import per_seed as _per_seed
 
@@ -293,9 +293,8 @@ def write(tables_dir: Path, out_md: Path, preset: str, dataset: str, cost: pd.Da
         lines += [f"| {r.study} | {r.runs} | {r.distinct} | {r.minutes:.1f} |" for r in cost.itertuples()]
         lines += [f"| **total (distinct runs)** | | {int(cost.attrs.get('distinct_total', 0))} | "
                   f"{cost.attrs.get('minutes_total', 0):.1f} |"]
-    tmp = out_md.with_name(".tmp-" + out_md.name)
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, out_md)
+    with params.atomic_path(out_md) as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
 
 
 def cost_table(tables_dir: Path) -> pd.DataFrame:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import matplotlib
@@ -11,15 +10,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from . import params  # noqa: E402
+
 
 def save(fig, out: Path) -> None:
     """Write a figure atomically (PNG, plus PDF beside it when out ends in .png)."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     for path in [out] + ([out.with_suffix(".pdf")] if out.suffix == ".png" else []):
-        tmp = path.with_name(".tmp-" + path.name)
-        fig.savefig(tmp, dpi=150, bbox_inches="tight", format=path.suffix[1:])
-        os.replace(tmp, path)
+        with params.atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=150, bbox_inches="tight", format=path.suffix[1:])
     plt.close(fig)
 
 

@@ -291,12 +291,10 @@ def _train(p: dict, data_dir: Path, out_dir: Path, threads: int, log) -> dict:
 
 def _write_history(history: list[dict], path: Path) -> None:
     keys = list(dict.fromkeys(k for row in history for k in row))
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with params.atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, keys)
         w.writeheader()
         w.writerows(history)
-    os.replace(tmp, path)
 
 
 def load_model(run_dir: Path, device: torch.device) -> tuple[torch.nn.Module, dict]:

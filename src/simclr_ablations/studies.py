@@ -9,9 +9,13 @@ only in how they are evaluated, is trained once. This module does not import tor
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
+import os
 import shlex
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import yaml
 
@@ -39,7 +43,10 @@ class Run:
 
 
 def spec() -> dict:
-    return params.read_yaml(params.PARAMS_DIR / "studies.yaml")
+    """params/studies.yaml (parsed once per process; do not modify the result)."""
+    path = params.PARAMS_DIR / "studies.yaml"
+    st = path.stat()
+    return params._read_cached(str(path), st.st_mtime_ns, st.st_size)
 
 
 def names() -> list[str]:
@@ -52,8 +59,14 @@ def seeds(preset: str, n: int = 0) -> list[int]:
     return list(range(n or table.get(preset, table["default"])))
 
 
+_DUMPED: dict[str, str] = {}  # YAML text of each value seen (the grid repeats few values many times)
+
+
 def _setting(key: str, value) -> str:
-    return f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
+    tag = json.dumps(value, sort_keys=True)
+    if tag not in _DUMPED:
+        _DUMPED[tag] = yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+    return f"{key}={_DUMPED[tag]}"
 
 
 def axes(study: str, preset: str) -> dict[str, dict[str, dict]]:
@@ -95,6 +108,51 @@ def expand(preset: str, study: str | None = None, extra: tuple[str, ...] = (), n
                     raise params.ParamsError(f"study {name!r}, cell {dict(cell)}: {e}") from e
                 runs.append(Run(name, cell, seed, settings, p, params.pretrain_id(p), params.eval_id(p)))
     return runs
+
+
+PLANS_KEPT = 16  # newest cached plans kept (one per preset, config and version of the params)
+
+
+def plan_key(preset: str, names: list[str], extra: tuple[str, ...], n_seeds: int) -> str:
+    """Digest of everything an expansion depends on: the params files (default, presets, studies),
+    the source of the code that expands and names runs (params.py, studies.py) and the arguments."""
+    h = hashlib.sha256(repr((preset, list(names), tuple(extra), n_seeds)).encode())
+    here = Path(__file__).resolve().parent
+    for f in sorted(params.PARAMS_DIR.rglob("*.yaml")) + [here / "params.py", here / "studies.py"]:
+        h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def plan(preset: str, names: list[str], extra: tuple[str, ...] = (), n_seeds: int = 0,
+         cache_dir: str | Path | None = None) -> dict[str, list[Run]]:
+    """{study: expand(preset, study, extra, n_seeds)} for the Snakefile. With `cache_dir`, the result is
+    kept in cache_dir/plan-<plan_key>.json, so that the next process that reads the Snakefile (a
+    dry run, a Slurm job) loads it instead of expanding and validating the grid again. Only this
+    code writes that folder; an unreadable file is ignored and rewritten."""
+    path = Path(cache_dir) / f"plan-{plan_key(preset, names, extra, n_seeds)}.json" if cache_dir else None
+    if path is not None and path.is_file():
+        try:
+            return {name: [_run(r) for r in runs] for name, runs in json.loads(path.read_text()).items()}
+        except (ValueError, KeyError, TypeError):  # a damaged cache: expand again below
+            pass
+    out = {name: expand(preset, name, extra, n_seeds) for name in names}
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            tmp.write_text(json.dumps({name: [r.__dict__ for r in runs] for name, runs in out.items()}))
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+        for stale in sorted(path.parent.glob("plan-*.json"), key=lambda f: f.stat().st_mtime)[:-PLANS_KEPT]:
+            stale.unlink(missing_ok=True)
+    return out
+
+
+def _run(d: dict) -> Run:
+    """A Run from its JSON form (plain data: a cache file never runs code)."""
+    return Run(d["study"], tuple(tuple(c) for c in d["cell"]), d["seed"], tuple(d["settings"]), d["params"],
+               d["id"], d["eval_id"])
 
 
 def unique(runs: list[Run]) -> dict[str, Run]:

@@ -16,7 +16,6 @@ This module does not import torch.
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections import Counter
 from pathlib import Path
@@ -443,10 +442,8 @@ def write(preset: str, study: str, runs_dir: Path, out_dir: Path, extra: tuple[s
            f"**Warning: the rows were made by {len(versions)} code versions** ({', '.join(versions)}); see the "
            "`code_version` column of the runs table."]
     for name, frame in ((f"{study}.csv", agg), (f"{study}_runs.csv", df)):
-        tmp = out_dir / f".{name}.tmp"
-        frame.to_csv(tmp, index=False)
-        os.replace(tmp, out_dir / name)
-    tmp = out_dir / f".{study}.md.tmp"
-    tmp.write_text("\n".join(md) + "\n")
-    os.replace(tmp, out_dir / f"{study}.md")
+        with params.atomic_path(out_dir / name) as tmp:
+            frame.to_csv(tmp, index=False)
+    with params.atomic_path(out_dir / f"{study}.md") as tmp:
+        tmp.write_text("\n".join(md) + "\n")
     return agg

@@ -30,10 +30,11 @@ try:
             f"'studies' names unknown studies {unknown}; allowed: {studies.names()}"
         )
     BASE = P.load(PRESET, settings=list(EXTRA))
-    RUNS = {
-        study: studies.expand(PRESET, study, EXTRA, config["seeds"])
-        for study in STUDIES
-    }
+    # Expanded once, then loaded from .snakemake/ by every later process that reads this file (a
+    # dry run, each Slurm job), keyed by the params files and the code that names runs.
+    RUNS = studies.plan(
+        PRESET, STUDIES, EXTRA, config["seeds"], cache_dir=".snakemake/simclr-plan"
+    )
 except P.ParamsError as e:
     raise WorkflowError(
         f"invalid configuration (preset={PRESET!r}, dataset={config['dataset']!r}): {e}"
@@ -47,10 +48,10 @@ UNIQUE = studies.unique(ALL)
 EVALS = studies.unique_evals(ALL)
 DATA_OF = {rid: P.digest(r.params["data"]) for rid, r in UNIQUE.items()}
 DATA_ARGS = {
-    DATA_OF[rid]: " ".join(
-        f"--set {shlex.quote(s)}" for s in studies.data_settings(r.params)
+    data_id: " ".join(
+        f"--set {shlex.quote(s)}" for s in studies.data_settings(UNIQUE[rid].params)
     )
-    for rid, r in UNIQUE.items()
+    for data_id, rid in {d: rid for rid, d in DATA_OF.items()}.items()
 }
 RES = config["resources"].get(PRESET, config["resources"]["default"])
 # Threads are part of a run's identity (CPU results depend on them): the preset's runtime.threads.
