@@ -2,9 +2,10 @@
 its per-epoch losses and a SHA-256 of every saved tensor (network and method state).
 
 tests/data/single_process_trace.json was written by `python tests/single_process_trace.py` from
-main's code *before* data parallelism was added (commit 81a1d80; rewritten at 89323b4 when the embedded dataset changed); test_single_process_unchanged
-reruns the same pretrainings with today's code and requires the same bits, so a run without
-torchrun stays what it was (results regenerated from main remain valid).
+main's code *before* data parallelism was added (commit 81a1d80; rewritten at 89323b4, still before
+it, when the embedded dataset changed); test_single_process_unchanged reruns the same pretrainings
+with today's code and requires the same bits, so a run without torchrun stays what it was (results
+regenerated from main remain valid).
 """
 
 from __future__ import annotations
