@@ -1,6 +1,8 @@
+import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -8,6 +10,8 @@ import pytest
 from simclr_ablations import data, params
 
 ROOT = Path(__file__).resolve().parents[1]
+# data fingerprints are cached per user (fingerprint.py); the tests keep theirs apart
+os.environ["SIMCLR_ABLATIONS_CACHE"] = tempfile.mkdtemp(prefix="simclr-ablations-cache-")
 
 
 @pytest.fixture(scope="session")

@@ -258,3 +258,12 @@ def test_user_error_in_a_fresh_process_is_one_line(tmp_path):
     proc = cli_process("evaluate", "--run", tmp_path, "--data", tmp_path, "--out", tmp_path / "m.json", check=False)
     assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
     assert "Traceback" not in proc.stderr and str(tmp_path) in proc.stderr
+
+
+def test_all_cores_on_the_cpu_is_refused(smoke_data, tmp_path):
+    """runtime.threads = 0 would let a CPU result depend on the machine under one run id (item 4)."""
+    proc = cli_process("pretrain", "--preset", "smoke", "--set", "runtime.threads=0", "--set", "runtime.device=cpu",
+                       "--data", smoke_data, "--out", tmp_path / "r", check=False)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert "runtime.threads" in proc.stderr and "--threads" in proc.stderr
+    assert not (tmp_path / "r" / "model.pt").exists()

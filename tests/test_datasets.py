@@ -7,6 +7,7 @@ file lists at the md5s of the files they wrote; torchvision's real reading code 
 from __future__ import annotations
 
 import hashlib
+import os
 import pickle
 import re
 from pathlib import Path
@@ -365,3 +366,32 @@ def test_fingerprint_follows_the_folder_contents(tmp_path):
     assert data.fingerprint(d) == before
     _classes(tmp_path, {"c": 2})
     assert data.fingerprint(d) != before
+
+
+def test_fingerprint_is_cached_by_the_file_listing(tmp_path, monkeypatch):
+    """The content digest is read from the cache while no file was added, removed or touched; a touched
+    file is read again (same bytes: same digest), changed bytes give another digest; hidden files do not count."""
+    from simclr_ablations import fingerprint
+
+    monkeypatch.setenv("SIMCLR_ABLATIONS_CACHE", str(tmp_path / "cache"))
+    root = tmp_path / "images"
+    _classes(root, {"a": 2, "b": 2})
+    d = _folder_params(root)["data"]
+    first, listing = fingerprint.of_data(d), fingerprint.of_listing(d)
+    assert len(list((tmp_path / "cache").rglob("*.json"))) == 1
+
+    def no_reading(*args, **kw):
+        raise AssertionError("a file was read although the listing did not change")
+
+    monkeypatch.setattr(fingerprint, "open", no_reading, raising=False)
+    assert fingerprint.of_data(d) == first
+    (root / ".DS_Store").write_text("hidden")
+    assert fingerprint.of_data(d) == first and fingerprint.of_listing(d) == listing
+    monkeypatch.undo()
+    monkeypatch.setenv("SIMCLR_ABLATIONS_CACHE", str(tmp_path / "cache"))
+    img = root / "a" / "0.png"
+    os.utime(img, ns=(img.stat().st_atime_ns, img.stat().st_mtime_ns + 10**9))
+    assert fingerprint.of_listing(d) != listing and fingerprint.of_data(d) == first
+    save(img, constant(8, 8, 200))
+    assert fingerprint.of_data(d) != first
+    assert fingerprint.of_data(dict(d, root=str(tmp_path / "nothing"))) == "absent"

@@ -12,6 +12,12 @@ from conftest import ROOT, need
 pytestmark = pytest.mark.e2e
 
 
+def _up_to_date(repo, dvc) -> None:
+    """`dvc status` lists nothing but the fingerprint stage, which reads data.root and always runs."""
+    out = _run([dvc, "status", "--json"], repo).stdout
+    assert json.loads(out) == {"fingerprint": ["always changed"]}, out
+
+
 def _run(cmd, cwd, **kw):
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=900, **kw)
     assert proc.returncode == 0, f"{' '.join(map(str, cmd))} failed:\n{proc.stdout}\n{proc.stderr}"
@@ -50,7 +56,9 @@ def test_dvc_repro_end_to_end_then_variant_and_push_pull(repo, tmp_path):
     assert set(metrics["provenance"]) >= {"code_version", "torch", "device", "threads", "wall_seconds"}
     assert (repo / "results/experiment/curves.png").stat().st_size > 1000
     assert (repo / "data/experiment/train.pt").exists() and (repo / "runs/experiment/model.pt").exists()
-    assert "up to date" in _run([dvc, "status"], repo).stdout
+    _up_to_date(repo, dvc)
+    again = _run([dvc, "repro"], repo).stdout  # the fingerprint is the same: nothing else runs
+    assert "Running stage 'fingerprint'" in again and "Stage 'prepare' didn't change, skipping" in again, again
     shown = json.loads(_run([dvc, "metrics", "show", "--json"], repo).stdout)
     cols = shown[""]["data"]["results/experiment/metrics.json"]["data"]
     assert "linear_top1" in cols and len(json.dumps(cols)) < 4000
@@ -66,7 +74,7 @@ def test_dvc_repro_end_to_end_then_variant_and_push_pull(repo, tmp_path):
     _run([dvc, "remote", "modify", "--local", "local", "url", str(tmp_path / "remote")], clone)
     _run([dvc, "pull"], clone)
     assert (clone / "runs/experiment/model.pt").read_bytes() == (repo / "runs/experiment/model.pt").read_bytes()
-    assert "up to date" in _run([dvc, "status"], clone).stdout
+    _up_to_date(clone, dvc)
 
     # an evaluation-only change re-evaluates the same pretraining: no retraining
     model = (repo / "runs/experiment/model.pt").read_bytes()
@@ -89,7 +97,7 @@ def test_dvc_deps_are_the_modules_each_stage_imports():
     from simclr_ablations import provenance
 
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    for stage in ("prepare", "pretrain", "evaluate", "curves"):
+    for stage in ("fingerprint", "prepare", "pretrain", "evaluate", "curves"):
         listed = sorted(d for d in stages[stage]["deps"] if d.startswith("src/"))
         assert listed == provenance.stage_deps(stage), stage
     assert "src/simclr_ablations/figures.py" not in stages["pretrain"]["deps"]
@@ -114,3 +122,25 @@ def test_failed_exp_run_leaves_its_values_and_git_checkout_restores_them(repo):
     assert (repo / "params/experiment.yaml").read_text() == committed
     readme = (ROOT / "README.md").read_text()
     assert "git checkout\n  params/experiment.yaml" in readme or "git checkout params/experiment.yaml" in readme
+
+
+def test_changed_files_under_data_root_rerun_prepare_and_pretrain(repo):
+    """DVC sees the files under data.root (issue 15, item 5) through the always-run fingerprint stage."""
+    import numpy as np
+    from PIL import Image
+
+    dvc, root = need("dvc"), repo.parent / "images"
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for k in range(10):
+            Image.fromarray(np.full((8, 8, 3), 20 * k + (c == "b") * 10, dtype=np.uint8)).save(root / c / f"{k}.png")
+    exp = {"preset": "smoke", "data": {"dataset": "imagefolder", "root": str(root), "image_size": 8},
+           "pretrain": {"batch_size": 8, "epochs": 1, "warmup_epochs": 0}, "eval": {"knn": {"k": 3}}}
+    (repo / "params/experiment.yaml").write_text(yaml.safe_dump(exp))
+    _run([dvc, "repro"], repo)
+    _up_to_date(repo, dvc)
+    Image.fromarray(np.full((8, 8, 3), 255, dtype=np.uint8)).save(root / "a" / "0.png")
+    out = _run([dvc, "repro"], repo).stdout
+    assert "Running stage 'prepare'" in out and "Running stage 'pretrain'" in out, out
+    fp = json.loads((repo / "results/experiment/data_fingerprint.json").read_text())["fingerprint"]
+    assert json.loads((repo / "runs/experiment/train.json").read_text())["data_fingerprint"] == fp

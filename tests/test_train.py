@@ -1,6 +1,7 @@
 """Pretraining end to end on the smoke preset: determinism, resume after a kill, NaN handling."""
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -9,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from simclr_ablations import evaluate, losses, params, pretrain
+from simclr_ablations import data, evaluate, losses, params, pretrain
 
 from conftest import cli
 
@@ -81,6 +82,27 @@ def test_checkpoint_of_other_params_is_not_resumed(smoke_data, tmp_path):
     lines = []
     pretrain.train(q, smoke_data, tmp_path, threads=1, log=lines.append)
     assert any("ignoring checkpoint" in line for line in lines)
+
+
+def test_data_change_is_noticed_by_resume_and_by_evaluate(smoke_data, tmp_path):
+    """A run records the fingerprint of its data; a checkpoint trained on other data is not resumed and
+    a model is not evaluated on other data (issue 15, item 5)."""
+    p = params.load("smoke", settings=["pretrain.epochs=1", "pretrain.warmup_epochs=0"])
+    run = tmp_path / "run"
+    pretrain.train(p, smoke_data, run, threads=1, log=lambda *_: None)
+    fp = data.load_meta(smoke_data)["fingerprint"]
+    assert json.loads((run / "train.json").read_text())["data_fingerprint"] == fp
+    other = tmp_path / "other"  # the same params, prepared from changed files
+    shutil.copytree(smoke_data, other)
+    meta = json.loads((other / "meta.json").read_text())
+    (other / "meta.json").write_text(json.dumps(dict(meta, fingerprint="0" * 16)))
+    with pytest.raises(data.DataError, match="other data"):
+        evaluate.evaluate(run, other, threads=1)
+    lines = []
+    pretrain.train(p, other, run, threads=1, log=lines.append)
+    assert any("trained on other data" in line for line in lines), lines
+    assert not any(line.startswith("resuming") for line in lines)
+    assert json.loads((run / "train.json").read_text())["data_fingerprint"] == "0" * 16
 
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(smoke_data, tmp_path, monkeypatch):

@@ -147,3 +147,23 @@ def test_dry_run_of_imagenet_on_slurm_lists_every_job_with_its_gpus(tmp_path):
              "--rdzv_backend=c10d")
     assert pre and all(part in b for b in pre for part in parts), pre[0]
     assert not (work / "data").exists() and not (work / "runs").exists()
+
+
+def test_changed_files_under_data_root_rerun_prepare(tmp_path):
+    """Snakemake sees the files under data.root (issue 15, item 5): after one image changes, `prepare`
+    is due again (a params trigger), and so is everything downstream of it."""
+    import numpy as np
+    from PIL import Image
+
+    work = copy_project(tmp_path / "p")
+    root = tmp_path / "images"
+    for c in ("a", "b"):
+        (root / c).mkdir(parents=True)
+        for k in range(5):
+            Image.fromarray(np.full((8, 8, 3), 40 * k + (c == "b") * 20, dtype=np.uint8)).save(root / c / f"{k}.png")
+    cfg = ["--config", "preset=smoke", "dataset=imagefolder", f"data_root={root}", "image_size=8", "studies=[methods]"]
+    run(["snakemake", "-c1", "--until", "prepare", *cfg], work)
+    assert not _jobs(run(["snakemake", "-n", "--until", "prepare", *cfg], work).stdout, "prepare")
+    Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(root / "a" / "9.png")
+    out = run(["snakemake", "-n", "--until", "prepare", *cfg], work).stdout
+    assert len(_jobs(out, "prepare")) == 1 and "Params have changed" in out, out

@@ -1,4 +1,4 @@
-"""Command line: `simclr-ablations prepare | pretrain | evaluate | diagnose | curves | params | table |
+"""Command line: `simclr-ablations fingerprint | prepare | pretrain | evaluate | diagnose | curves | params | table |
 figure | findings`.
 
 Every command that needs params takes the same three sources: `--preset NAME`, `--params FILE`
@@ -53,6 +53,10 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--digest", action="store_true", help="print the pretraining id these params give")
     sp.add_argument("--eval-digest", action="store_true", help="print the evaluation id these params give")
     sp.add_argument("--out", type=Path, help="write the resolved params to this YAML file instead of printing them")
+
+    sp = sub.add_parser("fingerprint", help="print (or write) the content digest of the data the params read")
+    _params_args(sp)
+    sp.add_argument("--out", type=Path, help="write it as JSON to this file (rewritten only when it changes)")
 
     sp = sub.add_parser("prepare", help="prepare a dataset into a directory of uint8 tensors")
     _params_args(sp)
@@ -146,6 +150,20 @@ def _dispatch(args) -> int:
         for part in (args.key.split(".") if args.key else []):
             node = node[part]
         print(yaml.safe_dump(node, sort_keys=False) if isinstance(node, dict) else json.dumps(node))
+        return 0
+    if args.cmd == "fingerprint":
+        from . import fingerprint
+
+        p = _resolve(args)
+        d = p["data"]
+        text = json.dumps({"dataset": d["dataset"], "root": d["root"], "fingerprint": fingerprint.of_data(d)},
+                          indent=2) + "\n"
+        if not args.out:
+            print(text, end="")
+        elif not args.out.is_file() or args.out.read_text() != text:
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            with params.atomic_path(args.out) as tmp:
+                tmp.write_text(text)
         return 0
     if args.cmd == "prepare":
         from . import data

@@ -15,7 +15,6 @@ and meta.json (classes, channel mean/std, the params that made it) atomically.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -25,7 +24,8 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint, params
+from . import checkpoint
+from . import fingerprint as _fingerprint
 
 SHAPES = ("h_stripes", "v_stripes", "diag_stripes", "antidiag_stripes", "checker", "rings", "disk", "square",
           "cross", "dots", "triangle", "annulus", "x_cross", "wavy", "grid", "half_plane", "spiral", "diamond",
@@ -140,16 +140,7 @@ def validate_splits(classes: list, y_train: torch.Tensor, y_test: torch.Tensor, 
 
 def fingerprint(d: dict) -> str:
     """A digest of the data the params read: the synthetic params, or the bytes of every file under data.root."""
-    if d["dataset"] == "synthetic":
-        return params.digest({"synthetic": d["synthetic"], "image_size": d["image_size"]})
-    root = Path(d["root"])
-    h = hashlib.sha256()
-    for f in sorted(q for q in root.rglob("*") if q.is_file() and not q.name.startswith(".")):
-        h.update(str(f.relative_to(root)).encode() + b"\0")
-        with open(f, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
-    return h.hexdigest()[:16]
+    return _fingerprint.of_data(d)
 
 
 def load_raw(d: dict) -> dict:

@@ -167,6 +167,11 @@ def evaluate(run_dir: Path, data_dir: Path, p: dict | None = None, threads: int 
     model, _ = pretrain.load_model(run_dir, device)
     meta = data.load_meta(data_dir)
     data.check_meta(meta, p, data_dir)
+    trained_on = json.loads((Path(run_dir) / "train.json").read_text()).get("data_fingerprint")
+    if trained_on and trained_on != meta.get("fingerprint"):
+        raise data.DataError(f"{run_dir} was pretrained on other data (fingerprint {trained_on}) than --data "
+                             f"{data_dir} ({meta.get('fingerprint')}): the data changed since; rerun prepare and "
+                             "pretrain")
     classes = len(meta["classes"])
     norm = augment.Normalize(meta["mean"], meta["std"], p["augment"]["normalize"]).to(device)
     xtr, ytr = data.load_prepared(data_dir, "train")

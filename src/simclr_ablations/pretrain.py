@@ -56,6 +56,10 @@ def setup(p: dict, threads: int = 0) -> torch.device:
     device = torch.device("cuda" if (want != "cpu" and torch.cuda.is_available()) else "cpu")
     if device.type == "cuda" and "LOCAL_RANK" in os.environ:
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+    if device.type == "cpu" and not (threads or r["threads"]):
+        raise params.ParamsError(
+            "'runtime.threads' = 0 (all cores) is allowed on CUDA only: on the CPU the thread count changes the "
+            "results, so it must be part of the run's identity; set it (--threads N or --set runtime.threads=N)")
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -79,11 +83,15 @@ class WorldSizeChanged(checkpoint.UserError):
     """A checkpoint written by another number of processes (refused: see README, More than one GPU)."""
 
 
-def _resume(blob: dict, rid: str, model, method, opt, ckpt_path: Path, log) -> bool:
-    """Load a checkpoint's state into model/method/optimizer; False if it is another run's, or was
-    written by other training code (a resumed run must be one computation)."""
+def _resume(blob: dict, rid: str, data_fp: str, model, method, opt, ckpt_path: Path, log) -> bool:
+    """Load a checkpoint's state into model/method/optimizer; False if it is another run's, was trained
+    on other data or written by other training code (a resumed run must be one computation)."""
     if blob["run_id"] != rid:
         log(f"ignoring checkpoint {ckpt_path}: it belongs to run {blob['run_id']}, not {rid}")
+        return False
+    if blob.get("data", data_fp) != data_fp:
+        log(f"ignoring checkpoint {ckpt_path}: it was trained on other data (fingerprint {blob['data']}, the "
+            f"prepared data now: {data_fp}); starting again")
         return False
     if blob.get("world_size", 1) != distributed.world_size():
         raise WorldSizeChanged(f"checkpoint {ckpt_path} was written by {blob.get('world_size', 1)} processes, this run "
@@ -165,13 +173,14 @@ def _train(p: dict, data_dir: Path, out_dir: Path, threads: int, log) -> dict:
         model.encoder.compile()
 
     ckpt_path, rid = out_dir / "checkpoint.pt", run_id(p)
+    data_fp = meta.get("fingerprint", "")
     start_epoch, history = 0, []
     fresh = copy.deepcopy([model.state_dict(), method.state_dict() if method else None, opt.state_dict()])
     ckpt = None
     for turn in range(2 if world > 1 else 1):  # rank 0 first: it moves a corrupt checkpoint aside
         if (turn == 0) == main:
-            ckpt = checkpoint.load_checkpoint(ckpt_path, log, device, lambda blob: _resume(blob, rid, model, method,
-                                                                                           opt, ckpt_path, log))
+            ckpt = checkpoint.load_checkpoint(ckpt_path, log, device, lambda blob: _resume(
+                blob, rid, data_fp, model, method, opt, ckpt_path, log))
         distributed.barrier()
     if ckpt is not None:
         start_epoch, history = ckpt["epoch"] + 1, ckpt["history"]
@@ -251,7 +260,7 @@ def _train(p: dict, data_dir: Path, out_dir: Path, threads: int, log) -> dict:
         checkpoint.check_finite_modules(what, model, method)
         checkpoint.check_features(model, norm(augment.to_float(images[:16].to(device))), what)
         if main and ((epoch + 1) % p["runtime"]["checkpoint_every"] == 0 or epoch + 1 == t["epochs"]):
-            blob = {"run_id": rid, "code": provenance.stage_hash("pretrain"), "epoch": epoch,
+            blob = {"run_id": rid, "code": provenance.stage_hash("pretrain"), "data": data_fp, "epoch": epoch,
                     "model": model.state_dict(), "method": method.state_dict() if method is not None else None,
                     "optimizer": opt.state_dict(), "history": history}
             if world > 1:
@@ -269,6 +278,7 @@ def _train(p: dict, data_dir: Path, out_dir: Path, threads: int, log) -> dict:
         "final": history[-1] if history else untrained,
         "train_seconds": round(sum(r["seconds"] for r in history), 2),
         "device": str(device),
+        "data_fingerprint": data_fp,
         "params_count": models.count_params(model),
         "encoder_params": models.count_params(model.encoder),
     }

@@ -26,8 +26,8 @@ from . import params
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 # The command (module) behind each pipeline stage.
-STAGES = {"prepare": "data", "pretrain": "pretrain", "evaluate": "evaluate", "table": "tables",
-          "figure": "figures", "findings": "findings", "curves": "plots"}
+STAGES = {"fingerprint": "fingerprint", "prepare": "data", "pretrain": "pretrain", "evaluate": "evaluate",
+          "table": "tables", "figure": "figures", "findings": "findings", "curves": "plots"}
 
 
 @functools.cache

@@ -7,7 +7,7 @@ import shlex
 from snakemake.exceptions import WorkflowError
 
 from simclr_ablations import params as P
-from simclr_ablations import launch, provenance, studies
+from simclr_ablations import fingerprint, launch, provenance, studies
 
 PRESET = config["preset"]
 EXTRA = []
@@ -53,6 +53,15 @@ DATA_ARGS = {
     )
     for data_id, rid in {d: rid for rid, d in DATA_OF.items()}.items()
 }
+# The files under data.root (path, size, mtime): `prepare` reruns when one is added, removed or
+# changed (a params trigger), and so does everything downstream of it.
+DATA_PARAMS = {d: UNIQUE[rid].params["data"] for rid, d in DATA_OF.items()}
+
+
+def data_fingerprint(wc):
+    return fingerprint.of_listing(DATA_PARAMS[wc.data_id])
+
+
 RES = config["resources"].get(PRESET, config["resources"]["default"])
 # Threads are part of a run's identity (CPU results depend on them): the preset's runtime.threads.
 THREADS = BASE["runtime"]["threads"] or RES["threads"]

@@ -17,6 +17,7 @@ rule prepare:
         preset=PRESET,
         args=lambda wc: DATA_ARGS[wc.data_id],
         code=CODE["prepare"],
+        data=data_fingerprint,
     shell:
         "simclr-ablations prepare --preset {params.preset} {params.args} --out {output} > {log} 2>&1"
 
