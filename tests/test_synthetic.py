@@ -126,3 +126,13 @@ def test_fine_detail_matches_uncropped_views_only(images):
     assert probe.retrieval_accuracy(_detail(v1), _detail(v2)) > 0.95
     v1, v2 = augment.two_views(x, crop, g)
     assert probe.retrieval_accuracy(_detail(v1), _detail(v2)) < 0.2
+
+
+def test_colour_only_encoder_solves_crop_only_but_not_crop_and_colour(images):
+    """The learned colour shortcut (1x1 convolutions + pooling, trained contrastively; a short budget here,
+    300 steps in the note): near-solved under crop alone, near chance (1/255) under crop + colour."""
+    x, _ = images
+    crop_only = params.load("cpu", settings=["augment.ops=[crop]"])["augment"]
+    crop_colour = params.load("cpu", settings=["augment.ops=[crop, color]"])["augment"]
+    assert probe.colour_encoder_accuracy(x, crop_only, steps=40, n=64, width=16) >= 0.5
+    assert probe.colour_encoder_accuracy(x, crop_colour, steps=40, n=64, width=16) <= 0.15
