@@ -12,11 +12,11 @@ dvc.yaml lists the same files as deps, so editing figures.py reruns figures, not
 
 from __future__ import annotations
 
-import ast
 import functools
 import hashlib
 import os
 import platform
+import re
 import subprocess
 import sys
 from importlib import metadata
@@ -30,16 +30,22 @@ STAGES = {"fingerprint": "fingerprint", "prepare": "data", "pretrain": "pretrain
           "table": "tables", "figure": "figures", "findings": "findings", "curves": "plots"}
 
 
+_IMPORT = re.compile(r"^[ \t]*from[ \t]+\.(\w*)[ \t]+import[ \t]+(\([^)]*\)|[^\n]*)", re.M)
+
+
 @functools.cache
 def _imports(module: str) -> frozenset[str]:
-    tree = ast.parse((PACKAGE_DIR / f"{module}.py").read_text())
+    """The package modules `module` imports (`from .x import ...`, `from . import x, y as z`); a regex,
+    not ast.parse: every Snakemake process (each dry run, each Slurm job) pays this for every module."""
     out = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.level == 1:
-            if node.module:
-                out.add(node.module.split(".")[0])
-            else:
-                out.update(a.name for a in node.names)
+    for name, names in _IMPORT.findall((PACKAGE_DIR / f"{module}.py").read_text()):
+        if name:
+            out.add(name)
+            continue
+        for item in names.strip("()").replace("\n", " ").split(","):
+            item = item.split("#")[0].split(" as ")[0].strip()
+            if item:
+                out.add(item)
     return frozenset(m for m in out if (PACKAGE_DIR / f"{m}.py").is_file())
 
 
