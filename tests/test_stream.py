@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from simclr_ablations import augment, data, distributed, evaluate, params, pretrain, stream
+from simclr_ablations import augment, data, diagnose, distributed, evaluate, params, pretrain, stream
 
 SIZE = 16
 
@@ -125,7 +125,8 @@ def test_auto_streams_a_folder_larger_than_the_budget(mixed, tmp_path):
     s = pretrain.train(small, d, tmp_path / "run", threads=1, log=lambda *_: None)
     assert s["steps"] == 3 and s["final"]["loss"] == s["final"]["loss"]
     m = evaluate.evaluate(tmp_path / "run", d, threads=1)
-    assert 0 <= m["knn_top1"] <= 100
+    assert 0 <= m["knn_top1"] <= 100 and 0 <= m["linear_top1"] <= 100
+    assert diagnose.diagnose(tmp_path / "run", d)["h"]["dim"] > 0
     sup = _params(mixed, "data.storage=auto", "data.memory_budget_gb=0.00001", "method=supervised")
     pretrain.train(sup, data.prepare(sup, tmp_path / "sup"), tmp_path / "sup_run", threads=1, log=lambda *_: None)
 
