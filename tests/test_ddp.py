@@ -152,7 +152,7 @@ def test_world_size_enters_the_run_id_only_above_one():
 def test_resume_with_another_world_size_is_refused(tmp_path):
     blob = {"run_id": "abc", "world_size": 2}
     with pytest.raises(pretrain.WorldSizeChanged, match="written by 2 processes, this run has 1"):
-        pretrain._resume(blob, "abc", None, None, None, tmp_path / "checkpoint.pt", print)
+        pretrain._resume(blob, "abc", "", None, None, None, tmp_path / "checkpoint.pt", print)
 
 
 def test_two_process_run_resumes_from_its_checkpoint(tiny_data, tmp_path):

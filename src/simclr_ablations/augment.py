@@ -246,17 +246,39 @@ def to_float(x: torch.Tensor) -> torch.Tensor:
 
 
 def two_views(x: torch.Tensor, aug: dict, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """The two augmented views of a batch (uint8 or float in [0, 1]), un-normalised.
+    """The two augmented views of a batch (uint8 or float in [0, 1]), un-normalised. A streamed batch
+    (B x V x 3 x H x W, cropped at decode time) skips the leading crop: V = 2 crops, one per view, or
+    V = 1 image shared by both (no crop in the ops; branches=one: the base crop).
 
     branches=both: every op on each view, drawn independently. branches=one (Fig. 5 as the paper ran
     it): one random crop-and-resize per image (area >= base_crop_scale, the crop's aspect ratios, no
     flip) shared by both views; the studied ops go on the first view only, nothing else on the second.
     """
     x = to_float(x)
+    if x.ndim == 5:  # B x V x 3 x H x W: cropped at decode time (stream.crop_plan)
+        first, last = x[:, 0].contiguous(), x[:, -1].contiguous()
+        if aug["branches"] == "one":
+            return apply_ops(first, aug["ops"], aug, g), first
+        rest = after_decode(aug["ops"])
+        return apply_ops(first, rest, aug, g), apply_ops(last, rest, aug, g)
     if aug["branches"] == "both":
         return apply_ops(x, aug["ops"], aug, g), apply_ops(x, aug["ops"], aug, g)
     base = crop(x, dict(aug["crop"], scale_min=aug["base_crop_scale"], flip=0.0), g)
     return apply_ops(base, aug["ops"], aug, g), base
+
+
+def after_decode(ops: list[str]) -> list[str]:
+    """The ops left once a leading crop was applied at decode time (streamed data)."""
+    return ops[1:] if ops and ops[0] == "crop" else ops
+
+
+def one_view(x: torch.Tensor, ops: list[str], aug: dict, g: torch.Generator) -> torch.Tensor:
+    """One augmented view (the supervised baseline): `ops` on a uint8/float batch, or on the crops
+    made at decode time of a B x 1 x 3 x H x W streamed batch (its leading crop already done)."""
+    x = to_float(x)
+    if x.ndim == 5:
+        return apply_ops(x[:, 0].contiguous(), after_decode(ops), aug, g)
+    return apply_ops(x, ops, aug, g)
 
 
 def small_views(x: torch.Tensor, aug: dict, g: torch.Generator, size: int, scale_min: float,

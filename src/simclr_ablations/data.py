@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from . import checkpoint
+from . import checkpoint, params
 from . import fingerprint as _fingerprint
 
 SHAPES = ("h_stripes", "v_stripes", "diag_stripes", "antidiag_stripes", "checker", "rings", "disk", "square",
@@ -143,6 +143,24 @@ def fingerprint(d: dict) -> str:
     return _fingerprint.of_data(d)
 
 
+def _folder_rules(d: dict) -> dict:
+    """An image folder's class-balanced limits and split checks, applied before any decoding."""
+    limits = {"train": d["train_limit"], "test": d["test_limit"]}
+    return {"select": lambda split, labels: balanced_subset(labels, limits[split]),
+            "check": lambda classes, ytr, yte: validate_splits(classes, ytr, yte, f"data.root = {d['root']}")}
+
+
+def storage_of(d: dict) -> tuple[str, dict | None]:
+    """(storage, the image folder's file lists when streamed) for the data params: see stream.py."""
+    if d["dataset"] != "imagefolder" or d["storage"] == "memory":
+        return "memory", None
+    from . import datasets, stream
+
+    lists = datasets.list_imagefolder(d["root"], d["imagefolder_test_fraction"], 0, **_folder_rules(d))
+    storage = stream.resolve(d, len(lists["train"][0]) + len(lists["test"][0]))
+    return storage, (lists if storage == "stream" else None)
+
+
 def load_raw(d: dict) -> dict:
     """{'train': (x, y), 'test': (x, y), 'classes': [...]} for the dataset the data params name,
     limited to the class-balanced train_limit / test_limit subsets (drawn before any decoding)."""
@@ -170,10 +188,8 @@ def load_raw(d: dict) -> dict:
         elif name == "stl10":
             out = datasets.load_stl10(d["root"], d["download"], d["stl10_unlabeled"], d["image_size"])
         else:
-            select = lambda split, labels: balanced_subset(labels, limits[split])  # noqa: E731
-            check = lambda classes, ytr, yte: validate_splits(classes, ytr, yte, f"data.root = {d['root']}")  # noqa
             out = datasets.load_imagefolder(d["root"], d["image_size"], d["imagefolder_test_fraction"], 0,
-                                            select=select, check=check)
+                                            **_folder_rules(d))
             limits = {}
     for split, limit in limits.items():
         x, y = out[split]
@@ -205,24 +221,35 @@ def prepare(p: dict, out: Path) -> Path:
     d = p["data"]
     out = Path(out).absolute()
     _check_out(out)
-    raw = load_raw(d)
+    storage, lists = storage_of(d)
+    raw = load_raw(d) if storage == "memory" else None
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o777 & ~umask)
-        splits = {k: raw[k] for k in ("train", "test", "unlabeled") if k in raw}
-        for split, (x, y) in splits.items():
-            checkpoint.torch_save_file({"images": x.contiguous(), "labels": y}, tmp / f"{split}.pt")
-        xf = splits["train"][0].float() / 255
+        if storage == "stream":
+            from . import stream
+
+            for split in ("train", "test"):
+                stream.write_index(split, *lists[split], tmp)
+            mean, std = stream.channel_stats([f for f, _ in lists["train"][0]], d["image_size"],
+                                             p["runtime"]["workers"], p["runtime"]["prefetch"])
+            stats = {"classes": lists["classes"], "sizes": {k: len(lists[k][0]) for k in ("train", "test")},
+                     "image_size": d["image_size"], "mean": mean, "std": std}
+        else:
+            splits = {k: raw[k] for k in ("train", "test", "unlabeled") if k in raw}
+            for split, (x, y) in splits.items():
+                checkpoint.torch_save_file({"images": x.contiguous(), "labels": y}, tmp / f"{split}.pt")
+            xf = splits["train"][0].float() / 255
+            stats = {"classes": raw["classes"], "sizes": {k: int(v[0].shape[0]) for k, v in splits.items()},
+                     "image_size": int(xf.shape[-1]), "mean": xf.mean((0, 2, 3)).tolist(),
+                     "std": xf.std((0, 2, 3)).tolist()}
         meta = {
             "dataset": d["dataset"],
-            "classes": raw["classes"],
-            "sizes": {k: int(v[0].shape[0]) for k, v in splits.items()},
-            "image_size": int(xf.shape[-1]),
-            "mean": xf.mean((0, 2, 3)).tolist(),
-            "std": xf.std((0, 2, 3)).tolist(),
+            "storage": storage,
+            **stats,
             "limits": {"train": d["train_limit"], "test": d["test_limit"], "seed": LIMIT_SEED,
                        "rule": "class-balanced, drawn before decoding"},
             "fingerprint": fingerprint(d),
@@ -264,7 +291,7 @@ def load_meta(path: Path) -> dict:
 
 # data params that change the prepared tensors (root and download only say where they come from)
 _DATA_KEYS = ("dataset", "image_size", "train_limit", "test_limit", "imagefolder_test_fraction", "stl10_unlabeled",
-              "synthetic")
+              "synthetic", "storage", "memory_budget_gb")
 
 
 def check_meta(meta: dict, p: dict, data_dir: Path) -> None:
@@ -277,6 +304,14 @@ def check_meta(meta: dict, p: dict, data_dir: Path) -> None:
         if key in ("imagefolder_test_fraction",) and want["dataset"] != "imagefolder":
             continue
         if key == "stl10_unlabeled" and want["dataset"] != "stl10":
+            continue
+        if key in params.STORAGE_DEFAULTS:  # absent from data made before streaming: the default then
+            if want["dataset"] != "imagefolder" or (key == "memory_budget_gb" and want["storage"] != "auto"):
+                continue
+            if made.get(key, params.STORAGE_DEFAULTS[key]) != want[key]:
+                raise DataError(f"--data {data_dir} was prepared with data.{key} = "
+                                f"{made.get(key, params.STORAGE_DEFAULTS[key])!r}, but the params say {want[key]!r}; "
+                                "prepare the data with these params (or pass the matching --data)")
             continue
         if made.get(key) != want[key]:
             raise DataError(f"--data {data_dir} was prepared with data.{key} = {made.get(key)!r}, but the params say "

@@ -126,15 +126,19 @@ def _decode(path: str):
         raise BadImage(f"image {path} cannot be decoded ({err}); repair or remove it") from err
 
 
-def _read_images(samples: list[tuple[str, int]], loader, size: int) -> torch.Tensor:
-    """Decode to 8-bit RGB, resize the shorter side to ``size`` and center-crop to size x size.
+def read_center(path: str, size: int) -> torch.Tensor:
+    """One file as uint8 3 x size x size: decoded to 8-bit RGB, the shorter side resized to ``size``
+    (antialiased), center-cropped. What `prepare` stores, and what streaming evaluation decodes."""
+    img = _decode(path)
+    return TF.pil_to_tensor(TF.center_crop(TF.resize(img, size, antialias=True), [size, size]))
 
-    ``loader`` is kept for compatibility; files are decoded by :func:`_decode`, which names a bad file."""
+
+def _read_images(samples: list[tuple[str, int]], loader, size: int) -> torch.Tensor:
+    """Decode every sample with :func:`read_center` (``loader`` is kept for compatibility; files are
+    decoded by :func:`_decode`, which names a bad file)."""
     images = torch.empty((len(samples), 3, size, size), dtype=torch.uint8)
     for i, (path, _) in enumerate(samples):
-        img = _decode(path)
-        img = TF.center_crop(TF.resize(img, size, antialias=True), [size, size])
-        images[i] = TF.pil_to_tensor(img)
+        images[i] = read_center(path, size)
     return images
 
 
@@ -152,7 +156,18 @@ def _image_folder(root: Path) -> torchvision.datasets.ImageFolder:
 
 def load_imagefolder(root: str | Path, image_size: int, test_fraction: float, seed: int, select=None,
                      check=None) -> dict:
-    """Images in ``root/<class>/*``, stored at image_size x image_size.
+    """Images in ``root/<class>/*``, stored at image_size x image_size (see :func:`list_imagefolder`)."""
+    out = list_imagefolder(root, test_fraction, seed, select, check)
+    for split in ("train", "test"):
+        samples, labels = out[split]
+        out[split] = (_read_images(samples, None, image_size), labels)
+    return out
+
+
+def list_imagefolder(root: str | Path, test_fraction: float, seed: int, select=None, check=None) -> dict:
+    """The files of ``root/<class>/*`` and their labels, split and selected, nothing decoded:
+    ``{"train": (samples, labels), "test": (samples, labels), "classes": [...]}`` with samples a list
+    of (path, label).
 
     ``select(split, labels)`` (optional) returns the indices of each split to keep and ``check(classes,
     y_train, y_test)`` validates the labels; both run before any image is decoded.
@@ -169,7 +184,7 @@ def load_imagefolder(root: str | Path, image_size: int, test_fraction: float, se
             raise ValueError(f"{root / 'test'} has classes absent from {root / 'train'}: {unknown}")
         to_train = [train.class_to_idx[c] for c in test.classes]
         test_samples = [(path, to_train[y]) for path, y in test.samples]
-        train_samples, loader, classes = train.samples, train.loader, train.classes
+        train_samples, classes = train.samples, train.classes
     else:
         ds = _image_folder(root)
         targets = torch.tensor(ds.targets, dtype=torch.int64)
@@ -183,7 +198,7 @@ def load_imagefolder(root: str | Path, image_size: int, test_fraction: float, se
         is_test[torch.cat(held_out)] = True
         train_samples = [s for s, t in zip(ds.samples, is_test.tolist()) if not t]
         test_samples = [s for s, t in zip(ds.samples, is_test.tolist()) if t]
-        loader, classes = ds.loader, ds.classes
+        classes = ds.classes
     out = {"classes": list(classes)}
     for split, samples in (("train", train_samples), ("test", test_samples)):
         labels = _labels([y for _, y in samples])
@@ -193,7 +208,4 @@ def load_imagefolder(root: str | Path, image_size: int, test_fraction: float, se
         out[split] = (samples, labels)
     if check is not None:
         check(out["classes"], out["train"][1], out["test"][1])
-    for split in ("train", "test"):
-        samples, labels = out[split]
-        out[split] = (_read_images(samples, loader, image_size), labels)
     return out

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from . import augment, data, evaluate, pretrain
+from . import augment, data, evaluate, pretrain, stream
 
 
 def effective_rank(f: torch.Tensor) -> float:
@@ -37,8 +37,8 @@ def diagnose(run_dir: Path, data_dir: Path) -> dict:
     meta = data.load_meta(data_dir)
     data.check_meta(meta, p, data_dir)
     norm = augment.Normalize(meta["mean"], meta["std"], p["augment"]["normalize"]).to(device)
-    xte, _ = data.load_prepared(data_dir, "test")
-    feats = evaluate.extract(model, xte, norm, device)
+    xte, _ = stream.eval_split(data_dir, meta, "test")  # a tensor, or the files of a streamed set
+    feats = evaluate.extract(model, xte, norm, device, runtime=p["runtime"])
     out = {"run": run_dir.name, "method": p["method"]}
     for name, f in (("h", feats[0]), ("g", feats[-1])):
         out[name] = {"dim": f.shape[1], "effective_rank": round(effective_rank(f), 2),

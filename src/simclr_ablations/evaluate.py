@@ -25,19 +25,20 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from . import augment, checkpoint, data, optim, params, pretrain, provenance
+from . import augment, checkpoint, data, optim, params, pretrain, provenance, stream
 
 PROTOCOL = ("linear eval: frozen encoder, features of un-augmented images, linear classifier trained "
             "with SGD-Nesterov; kNN: cosine, weighted vote")
 
 
 @torch.no_grad()
-def extract(model, images: torch.Tensor, norm, device, batch: int = 512) -> list[torch.Tensor]:
-    """Features at every head layer for uint8 images, as float32 CPU tensors."""
+def extract(model, images, norm, device, batch: int = 512, runtime: dict | None = None) -> list[torch.Tensor]:
+    """Features at every head layer for uint8 images (a tensor, or streamed files: stream.eval_split),
+    as float32 CPU tensors."""
     model.eval()
     outs: list[list[torch.Tensor]] = []
-    for i in range(0, images.shape[0], batch):
-        x = norm(augment.to_float(images[i:i + batch].to(device)))
+    for xb in stream.chunks(images, batch, runtime or {"workers": 0, "prefetch": 1}):
+        x = norm(augment.to_float(xb.to(device)))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             h = model.encoder(x)
             layers = model.head.layers_out(h) if hasattr(model, "head") else [h]
@@ -119,9 +120,9 @@ def fine_tune(run_dir: Path, p: dict, xtr, ytr, xte, yte, norm, device, fraction
     torch.manual_seed(p["seed"])
     net = FineTuneNet(model, cfg["from_layer"] if p["method"] != "supervised" else 0, classes).to(device)
     idx = balanced_subset(ytr, fraction, p["seed"])
-    x, y = xtr[idx], ytr[idx]
-    bs = min(cfg["batch_size"], x.shape[0])
-    per_epoch = math.ceil(x.shape[0] / bs)
+    x, y = stream.take(xtr, idx), ytr[idx]
+    bs = min(cfg["batch_size"], len(x))
+    per_epoch = math.ceil(len(x) / bs)
     steps = max(cfg["epochs"] * per_epoch, cfg["min_steps"])
     peak = cfg["lr"] * bs / 256
     opt = torch.optim.SGD(net.parameters(), lr=peak, momentum=0.9, nesterov=True)
@@ -131,11 +132,11 @@ def fine_tune(run_dir: Path, p: dict, xtr, ytr, xte, yte, norm, device, fraction
     net.train()
     for s in range(steps):
         if s % per_epoch == 0:
-            perm = torch.randperm(x.shape[0], generator=g)
+            perm = torch.randperm(len(x), generator=g)
         b = perm[(s % per_epoch) * bs:(s % per_epoch + 1) * bs]
         for group in opt.param_groups:
             group["lr"] = optim.lr_at(s, steps, 0, peak, "cosine")
-        v = norm(augment.apply_ops(augment.to_float(x[b].to(device)), cfg["ops"], aug, g_aug))
+        v = norm(augment.apply_ops(augment.to_float(stream.stack(x, b).to(device)), cfg["ops"], aug, g_aug))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             loss = F.cross_entropy(net(v).float(), y[b].to(device))
         opt.zero_grad(set_to_none=True)
@@ -143,8 +144,8 @@ def fine_tune(run_dir: Path, p: dict, xtr, ytr, xte, yte, norm, device, fraction
         opt.step()
     net.eval()
     with torch.no_grad():
-        pred = torch.cat([net(norm(augment.to_float(xte[i:i + 512].to(device)))).argmax(1).cpu()
-                          for i in range(0, xte.shape[0], 512)])
+        pred = torch.cat([net(norm(augment.to_float(xb.to(device)))).argmax(1).cpu()
+                          for xb in stream.chunks(xte, 512, p["runtime"])])
     return (pred == yte).float().mean().item() * 100
 
 
@@ -174,9 +175,9 @@ def evaluate(run_dir: Path, data_dir: Path, p: dict | None = None, threads: int 
                              "pretrain")
     classes = len(meta["classes"])
     norm = augment.Normalize(meta["mean"], meta["std"], p["augment"]["normalize"]).to(device)
-    xtr, ytr = data.load_prepared(data_dir, "train")
-    xte, yte = data.load_prepared(data_dir, "test")
-    ftr, fte = extract(model, xtr, norm, device), extract(model, xte, norm, device)
+    xtr, ytr = stream.eval_split(data_dir, meta, "train")
+    xte, yte = stream.eval_split(data_dir, meta, "test")
+    ftr, fte = (extract(model, x, norm, device, runtime=p["runtime"]) for x in (xtr, xte))
     for split, feats in (("train", ftr), ("test", fte)):
         checkpoint.check_finite({f"layer {i}": f for i, f in enumerate(feats)}, f"{split} features of {run_dir}")
     e = p["eval"]
@@ -203,8 +204,8 @@ def evaluate(run_dir: Path, data_dir: Path, p: dict | None = None, threads: int 
     }
     if p["method"] == "supervised":
         with torch.no_grad():
-            logits = torch.cat([model(norm(augment.to_float(xte[i:i + 512].to(device)))).float().cpu()
-                                for i in range(0, xte.shape[0], 512)])
+            logits = torch.cat([model(norm(augment.to_float(xb.to(device)))).float().cpu()
+                                for xb in stream.chunks(xte, 512, p["runtime"])])
         metrics["supervised_top1"] = round((logits.argmax(1) == yte).float().mean().item() * 100, 3)
     else:
         metrics["contrastive_acc"] = train["final"]["contrastive_acc"]

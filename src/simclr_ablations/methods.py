@@ -352,12 +352,13 @@ class WCL(Method):
 
 
 def build(p: dict, model: models.SimCLRNet, images: torch.Tensor, norm: nn.Module) -> Method:
-    """The configured method around `model`; `images` is the pretraining set (uint8, N x 3 x H x W)."""
+    """The configured method around `model`; `images` is the pretraining set (uint8, N x 3 x H x W), or
+    for streamed data its source (only its length is read: WCL needs the tensor)."""
     kind = p["method"]
     if kind == "simclr":
         return SimCLR(p, model)
     if kind == "moco":
-        return MoCo(p, model, images.shape[0])
+        return MoCo(p, model, len(images))
     if kind == "byol":
         return BYOL(p, model)
     if kind == "simsiam":

@@ -56,6 +56,7 @@ CHOICES = {
     "pretrain.lr_scaling": ("linear", "sqrt", "none"),
     "pretrain.schedule": ("cosine", "constant"),
     "runtime.device": ("auto", "cpu", "cuda"),
+    "data.storage": ("memory", "stream", "auto"),
     "moco.recipe.optimizer": ("lars", "sgd", "adam"),
     "moco.recipe.lr_scaling": ("linear", "sqrt", "none"),
     "moco.recipe.schedule": ("cosine", "constant"),
@@ -156,6 +157,9 @@ RANGES = {
     "runtime.checkpoint_every": _between(1, 100_000),
     "runtime.gpus": _between(1, 1024),
     "runtime.nodes": _between(1, 4096),
+    "data.memory_budget_gb": NONNEG,
+    "runtime.workers": _between(0, 256),
+    "runtime.prefetch": _between(1, 64),
 }
 
 
@@ -339,6 +343,19 @@ def _validate_cross(p: dict) -> None:
     if p["pretrain"]["batch_size"] % world:
         raise ParamsError(f"'pretrain.batch_size' = {p['pretrain']['batch_size']} is not divisible by the world size "
                           f"runtime.gpus x runtime.nodes = {world}: every process takes an equal share")
+    d = p["data"]
+    if d["storage"] == "stream" and d["dataset"] != "imagefolder":
+        raise ParamsError(f"'data.storage' = 'stream': only data.dataset = imagefolder streams (got {d['dataset']!r}; "
+                          "use memory or auto)")
+    if d["storage"] == "stream" and p["method"] == "wcl":
+        raise ParamsError("'data.storage' = 'stream': method wcl reads its neighbours' images at random (KNN "
+                          "multi-crop); use memory")
+    if d["storage"] == "stream" and "crop" in ops and ops[0] != "crop":
+        raise ParamsError(f"'data.storage' = 'stream' crops at decode time: 'augment.ops' = {ops} must start with "
+                          "crop (or leave it out)")
+    if d["storage"] == "stream" and world > 1:
+        raise ParamsError(f"'data.storage' = 'stream' is single-process only: runtime.gpus x runtime.nodes = {world} "
+                          "(use memory, or one process)")
     if p["moco"]["shuffle_bn"] and p["runtime"]["sync_bn"]:
         raise ParamsError("'moco.shuffle_bn' = true needs runtime.sync_bn = false (with global BN statistics "
                           "a shuffle across GPUs changes nothing)")
@@ -418,9 +435,19 @@ def digest(obj) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()[:12]
 
 
+STORAGE_DEFAULTS = {"storage": "memory", "memory_budget_gb": 16.0}  # as in params/default.yaml
+
+
 def data_params(p: dict) -> dict:
-    """The part of the params that determines the prepared dataset."""
-    return p["data"]
+    """The part of the params that determines the prepared dataset. data.storage and memory_budget_gb
+    are left out where they change nothing or have their default value (every dataset but imagefolder
+    is held in memory; the budget matters only to auto), so prepared data and runs keep the names
+    they had before streaming: only an image folder with storage stream or auto is named by them."""
+    d = p["data"]
+    drop = set(STORAGE_DEFAULTS)
+    if d["dataset"] == "imagefolder" and d["storage"] != STORAGE_DEFAULTS["storage"]:
+        drop = set() if d["storage"] == "auto" else {"memory_budget_gb"}
+    return {k: v for k, v in d.items() if k not in drop}
 
 
 # Run identities. A pretraining is named by everything that can change its trained weights; an
@@ -444,6 +471,7 @@ def pretrain_params(p: dict) -> dict:
     RUNTIME_IDENTITY, and keys the configuration does not read (the head's size when there is no
     head, the loss of the supervised baseline, the settings of augmentations and methods not in use)."""
     q = _copy({k: v for k, v in p.items() if k not in ("runtime", "eval")})
+    q["data"] = _copy(data_params(p))
     q["runtime"] = {k: p["runtime"][k] for k in RUNTIME_IDENTITY}
     if world_size(p) > 1:
         q["runtime"].update(world=world_size(p), sync_bn=p["runtime"]["sync_bn"])

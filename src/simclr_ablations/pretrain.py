@@ -1,11 +1,14 @@
 """Pretraining: a self-supervised method of methods.py (two views; SimCLR by default) or the
 supervised baseline (one view, labels).
 
-The whole prepared dataset sits in memory as uint8; each step indexes a batch, moves it to the
-device and augments it there as a tensor (augment.py), so there is no data-loader process to
-starve the GPU. Randomness is derived from (seed, epoch), which is what makes a resumed run
-identical to an uninterrupted one: a checkpoint is written atomically after every epoch, and a
-rerun of a killed job continues from the last one.
+Each step takes a uint8 batch from stream.train_source and augments it on the device as a tensor
+(augment.py). With data.storage memory (the default) the whole prepared dataset sits in memory and a
+batch is indexed from it, so there is no data-loader process to starve the GPU; an image folder
+larger than memory is streamed instead (data.storage stream or auto: DataLoader workers decode the
+files and make the random-resized crop at decode time; single process only). Randomness is derived
+from (seed, epoch), which is what makes a resumed run identical to an uninterrupted one: a
+checkpoint is written atomically after every epoch, and a rerun of a killed job continues from the
+last one.
 
 Under torchrun (runtime.gpus x runtime.nodes processes; distributed.py) the same command trains data
 parallel with DistributedDataParallel: every rank draws the global batch's order and augmentations
@@ -31,7 +34,7 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from . import augment, checkpoint, data, distributed, methods, models, optim, params, provenance
+from . import augment, checkpoint, data, distributed, methods, models, optim, params, provenance, stream
 
 
 class TrainingDiverged(RuntimeError):
@@ -142,13 +145,14 @@ def _train(p: dict, data_dir: Path, out_dir: Path, threads: int, log) -> dict:
     device = setup(p, threads)
     meta = data.load_meta(data_dir)
     data.check_meta(meta, p, data_dir)
-    if p["method"] == "supervised":
-        images, labels = data.load_prepared(data_dir, "train")
-    else:
-        images, labels = data.pretrain_images(data_dir)
-    t, aug = optim.recipe(p), p["augment"]
-    n, bs = images.shape[0], t["batch_size"]
     world, rank, main = distributed.world_size(), distributed.rank(), distributed.is_main()
+    if world > 1 and meta.get("storage", "memory") == "stream":
+        raise params.ParamsError(f"'data.storage': {data_dir} was prepared for streaming (data.storage = "
+                                 f"{p['data']['storage']!r}), which is single-process only, but this run has {world} "
+                                 "processes; prepare with data.storage = memory or train in one process")
+    source = stream.train_source(p, data_dir, meta, device)
+    t, aug = optim.recipe(p), p["augment"]
+    n, bs = len(source), t["batch_size"]
     local_bs = bs // world
     steps_per_epoch = n // bs
     if steps_per_epoch == 0:
@@ -162,7 +166,8 @@ def _train(p: dict, data_dir: Path, out_dir: Path, threads: int, log) -> dict:
     channels_last = p["runtime"]["channels_last"]
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    method = None if p["method"] == "supervised" else methods.build(p, model, images, norm).to(device)
+    method = None if p["method"] == "supervised" else methods.build(p, model, getattr(source, "images", source),
+                                                                    norm).to(device)
     if world > 1 and p["runtime"]["sync_bn"]:
         distributed.convert_sync_bn(method or model, device)  # in place: BatchNorms inside become SyncBatchNorms
     opt = optim.build(method or model, t)
@@ -191,8 +196,7 @@ def _train(p: dict, data_dir: Path, out_dir: Path, threads: int, log) -> dict:
             method.load_state_dict(fresh[1])
         opt.load_state_dict(fresh[2])
     if cuda:
-        images = images.pin_memory()
-        labels = labels.pin_memory()
+        source.pin()
     net = method if method is not None else forward
     if world > 1:  # buffers (queues, EMA targets, BN statistics) are kept equal by construction, not broadcast
         net = DistributedDataParallel(method or model, broadcast_buffers=False)
@@ -203,6 +207,7 @@ def _train(p: dict, data_dir: Path, out_dir: Path, threads: int, log) -> dict:
         if world > 1:  # the global batch's augmentation draws, this rank's rows
             g_aug = augment.Shard(g_aug, rank * local_bs, (rank + 1) * local_bs, bs)
         perm = torch.randperm(n, generator=g_order)
+        batches = source.epoch(perm, bs, epoch, shard=distributed.shard)
         sums = dict.fromkeys(["loss", "train_acc"] if p["method"] == "supervised"
                              else ["loss", "contrastive_acc", "entropy"], 0.0)
         t0 = time.perf_counter()
@@ -213,12 +218,10 @@ def _train(p: dict, data_dir: Path, out_dir: Path, threads: int, log) -> dict:
             for group in opt.param_groups:
                 group["lr"] = lr
             idx = perm[step * bs:(step + 1) * bs]
-            mine = distributed.shard(idx)
-            x = images[mine].to(device, non_blocking=True)
+            x, y = next(batches)  # this rank's share of idx (uint8, on the device), and its labels
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda and p["runtime"]["amp"]):
                 if p["method"] == "supervised":
-                    y = labels[mine].to(device, non_blocking=True)
-                    v = norm(augment.apply_ops(augment.to_float(x), aug["ops"], aug, g_aug))
+                    v = norm(augment.one_view(x, aug["ops"], aug, g_aug))
                     if channels_last:
                         v = v.contiguous(memory_format=torch.channels_last)
                     logits = net(v)
@@ -258,7 +261,7 @@ def _train(p: dict, data_dir: Path, out_dir: Path, threads: int, log) -> dict:
         log(" ".join(f"{k}={v_:.4g}" if isinstance(v_, float) else f"{k}={v_}" for k, v_ in row.items()))
         what = f"model after epoch {epoch + 1}"
         checkpoint.check_finite_modules(what, model, method)
-        checkpoint.check_features(model, norm(augment.to_float(images[:16].to(device))), what)
+        checkpoint.check_features(model, norm(augment.to_float(source.probe(16))), what)
         if main and ((epoch + 1) % p["runtime"]["checkpoint_every"] == 0 or epoch + 1 == t["epochs"]):
             blob = {"run_id": rid, "code": provenance.stage_hash("pretrain"), "data": data_fp, "epoch": epoch,
                     "model": model.state_dict(), "method": method.state_dict() if method is not None else None,

@@ -179,4 +179,4 @@ def data_settings(p: dict) -> list[str]:
                 yield from flat(v, f"{prefix}{k}.")
             else:
                 yield _setting(prefix + k, v)
-    return list(flat(p["data"], "data."))
+    return list(flat(params.data_params(p), "data."))

@@ -46,7 +46,7 @@ RESULTS = f"results/{TAG}"
 ALL = [r for runs in RUNS.values() for r in runs]
 UNIQUE = studies.unique(ALL)
 EVALS = studies.unique_evals(ALL)
-DATA_OF = {rid: P.digest(r.params["data"]) for rid, r in UNIQUE.items()}
+DATA_OF = {rid: P.digest(P.data_params(r.params)) for rid, r in UNIQUE.items()}
 DATA_ARGS = {
     data_id: " ".join(
         f"--set {shlex.quote(s)}" for s in studies.data_settings(UNIQUE[rid].params)
