@@ -88,9 +88,9 @@ def _worker(rank: int, world: int, port: int, settings: list, data_dir: str, out
             f.write("\n".join(map(str, lines)) + "\n")
 
 
-def _pair(data_dir, tmp_path, method: str, local_grad: bool = False):
-    """(losses, weights) of 1 process x 32 and of 2 processes x 16."""
-    settings = TINY + [f"method={method}", "runtime.sync_bn=true"]
+def _pair(data_dir, tmp_path, method: str, local_grad: bool = False, base: list = TINY):
+    """(losses, weights) of 1 process x B and of 2 processes x B/2."""
+    settings = base + [f"method={method}", "runtime.sync_bn=true"]
     one = tmp_path / "one"
     _float64()
     try:
@@ -103,7 +103,7 @@ def _pair(data_dir, tmp_path, method: str, local_grad: bool = False):
     for run in (one, two):
         losses = pd.read_csv(run / "history.csv")["loss"].to_numpy()
         runs.append((torch.tensor(losses), torch.load(run / "model.pt", weights_only=True)["model"]))
-    assert len(runs[0][0]) == len(runs[1][0]) == 6
+    assert len(runs[0][0]) == len(runs[1][0]) == params.load("smoke", settings=settings)["pretrain"]["epochs"]
     return runs
 
 
@@ -116,6 +116,29 @@ def _max_diffs(runs):
 @pytest.mark.parametrize("method", ["simclr", "moco", "byol", "simsiam", "wcl"])
 def test_two_processes_equal_one(tiny_data, tmp_path, method):
     loss_diff, weight_diff = _max_diffs(_pair(tiny_data, tmp_path, method))
+    assert loss_diff <= ATOL and weight_diff <= ATOL, (loss_diff, weight_diff)
+
+
+def test_two_processes_equal_one_when_streaming(tmp_path):
+    """data.storage stream under DDP: each rank decodes its share of the global batch (crops drawn per
+    image at decode time), and 2 processes x B/2 train the model of 1 process x B."""
+    import numpy as np
+    from PIL import Image
+
+    root = tmp_path / "images"
+    rng = np.random.default_rng(0)
+    for c in range(2):
+        (root / f"c{c}").mkdir(parents=True)
+        for k in range(10):
+            a = rng.integers(0, 256, ((24, 40, 33)[k % 3], (40, 24, 33)[k % 3], 3), dtype=np.uint8)
+            a[..., c] = 255 * (np.arange(a.shape[1]) % 2)
+            Image.fromarray(a).save(root / f"c{c}" / f"{k}.png")
+    base = ["data.dataset=imagefolder", f"data.root={root}", "data.image_size=16", "data.storage=stream",
+            "data.imagefolder_test_fraction=0.2", "runtime.workers=0", "pretrain.batch_size=8", "pretrain.epochs=2",
+            "pretrain.warmup_epochs=1", "eval.knn.k=3"]
+    d = data.prepare(params.load("smoke", settings=base), tmp_path / "data")
+    assert data.load_meta(d)["storage"] == "stream"
+    loss_diff, weight_diff = _max_diffs(_pair(d, tmp_path, "simclr", base=base))
     assert loss_diff <= ATOL and weight_diff <= ATOL, (loss_diff, weight_diff)
 
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from simclr_ablations import augment, data, diagnose, distributed, evaluate, params, pretrain, stream
+from simclr_ablations import augment, data, diagnose, evaluate, params, pretrain, stream
 
 SIZE = 16
 
@@ -136,7 +136,6 @@ def test_auto_streams_a_folder_larger_than_the_budget(mixed, tmp_path):
     (["data.storage=stream", "data.dataset=imagefolder", "method=wcl"], "method wcl"),
     (["data.storage=stream", "data.dataset=imagefolder", "augment.ops=[color, crop]"], "must start with crop"),
     (["data.storage=disk"], "allowed values are memory, stream, auto"),
-    (["data.storage=stream", "data.dataset=imagefolder", "runtime.gpus=2"], "'data.storage' = 'stream' is single"),
 ])
 def test_bad_storage_settings_are_refused(settings, words):
     with pytest.raises(params.ParamsError, match=words):
@@ -180,15 +179,6 @@ def test_streamed_run_resumes_identically(mixed, tmp_path, monkeypatch):
     assert any(line.startswith("resuming from checkpoint") and "at epoch 1" in line for line in lines), lines
     wa, wb = (torch.load(tmp_path / r / "model.pt", weights_only=False)["model"] for r in ("full", "run"))
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
-
-
-def test_streamed_data_is_refused_under_ddp(mixed, tmp_path, monkeypatch):
-    """storage auto may prepare a stream; a run of several processes refuses it, naming data.storage."""
-    p = _params(mixed, "data.storage=auto", "data.memory_budget_gb=0.00001")
-    d = data.prepare(p, tmp_path / "d")
-    monkeypatch.setattr(distributed, "world_size", lambda: 2)
-    with pytest.raises(params.ParamsError, match="'data.storage'"):
-        pretrain._train(p, d, tmp_path / "run", 1, lambda *_: None)
 
 
 def test_prepared_storage_must_match_the_params(square, tmp_path):

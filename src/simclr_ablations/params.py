@@ -353,9 +353,6 @@ def _validate_cross(p: dict) -> None:
     if d["storage"] == "stream" and "crop" in ops and ops[0] != "crop":
         raise ParamsError(f"'data.storage' = 'stream' crops at decode time: 'augment.ops' = {ops} must start with "
                           "crop (or leave it out)")
-    if d["storage"] == "stream" and world > 1:
-        raise ParamsError(f"'data.storage' = 'stream' is single-process only: runtime.gpus x runtime.nodes = {world} "
-                          "(use memory, or one process)")
     if p["moco"]["shuffle_bn"] and p["runtime"]["sync_bn"]:
         raise ParamsError("'moco.shuffle_bn' = true needs runtime.sync_bn = false (with global BN statistics "
                           "a shuffle across GPUs changes nothing)")

@@ -5,10 +5,10 @@ Each step takes a uint8 batch from stream.train_source and augments it on the de
 (augment.py). With data.storage memory (the default) the whole prepared dataset sits in memory and a
 batch is indexed from it, so there is no data-loader process to starve the GPU; an image folder
 larger than memory is streamed instead (data.storage stream or auto: DataLoader workers decode the
-files and make the random-resized crop at decode time; single process only). Randomness is derived
-from (seed, epoch), which is what makes a resumed run identical to an uninterrupted one: a
-checkpoint is written atomically after every epoch, and a rerun of a killed job continues from the
-last one.
+files and make the random-resized crop at decode time; under torchrun each rank decodes its share).
+Randomness is derived from (seed, epoch), which is what makes a resumed run identical to an
+uninterrupted one: a checkpoint is written atomically after every epoch, and a rerun of a killed job
+continues from the last one.
 
 Under torchrun (runtime.gpus x runtime.nodes processes; distributed.py) the same command trains data
 parallel with DistributedDataParallel: every rank draws the global batch's order and augmentations
@@ -146,10 +146,6 @@ def _train(p: dict, data_dir: Path, out_dir: Path, threads: int, log) -> dict:
     meta = data.load_meta(data_dir)
     data.check_meta(meta, p, data_dir)
     world, rank, main = distributed.world_size(), distributed.rank(), distributed.is_main()
-    if world > 1 and meta.get("storage", "memory") == "stream":
-        raise params.ParamsError(f"'data.storage': {data_dir} was prepared for streaming (data.storage = "
-                                 f"{p['data']['storage']!r}), which is single-process only, but this run has {world} "
-                                 "processes; prepare with data.storage = memory or train in one process")
     source = stream.train_source(p, data_dir, meta, device)
     t, aug = optim.recipe(p), p["augment"]
     n, bs = len(source), t["batch_size"]
