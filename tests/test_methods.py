@@ -246,3 +246,20 @@ def test_simsiam_projector_has_output_bn():
     m.train()
     z = m.embed(torch.rand(16, 3, 16, 16))
     torch.testing.assert_close(z.mean(0), torch.zeros(z.shape[1]), atol=1e-4, rtol=0)   # BN'd output
+
+
+def test_simclr_heads_end_in_a_shiftless_bn_like_the_official_code():
+    """google-research/simclr model_util.linear_layer(use_bias=False, use_bn=True): the last layer of the
+    linear and the non-linear head is a bias-free linear map and a BN with a learnt scale, no shift."""
+    for kind in ("linear", "mlp"):
+        net = models.SimCLRNet(_p("simclr", **{"head.type": kind}))
+        last = net.head.blocks[-1]
+        assert isinstance(last[0], torch.nn.Linear) and last[0].bias is None
+        assert isinstance(last[1], models.ScaleBatchNorm)
+        assert last[1].weight.requires_grad and not last[1].bias.requires_grad
+        z = net.train()(torch.rand(16, 3, 32, 32))
+        assert z.mean(0).abs().max() < 1e-4  # no shift: every coordinate of z is centred over the batch
+    off = models.SimCLRNet(_p("simclr", **{"head.output_bn": False}))
+    assert isinstance(off.head.blocks[-1], torch.nn.Linear) and off.head.blocks[-1].bias is not None
+    moco = models.SimCLRNet(_p("moco", **{"head.batch_norm": False}))  # MoCo v2's fc-ReLU-fc: no BN at all
+    assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in moco.head.modules())

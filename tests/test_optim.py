@@ -124,7 +124,9 @@ def test_lars_excludes_bn_and_bias_of_a_resnet():
     plain_ids, adapted_ids = {id(q) for q in plain["params"]}, {id(q) for q in adapted["params"]}
     bn = [mod for name, mod in model.named_modules() if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm)]
     assert any("shortcut" in name for name, mod in model.named_modules() if mod in bn)
-    assert all(id(q) in plain_ids for mod in bn for q in mod.parameters())
+    assert all(id(q) in plain_ids for mod in bn for q in mod.parameters() if q.requires_grad)
+    frozen = [q for q in model.parameters() if not q.requires_grad]  # the head's output BN has no shift
+    assert frozen and not any(id(q) in plain_ids | adapted_ids for q in frozen)
     for mod in model.modules():
         if isinstance(mod, (torch.nn.Conv2d, torch.nn.Linear)):
             assert id(mod.weight) in adapted_ids

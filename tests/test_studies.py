@@ -115,3 +115,9 @@ def test_plan_cache_returns_the_expansion_and_follows_the_params(tmp_path, monke
     with open(tmp_path / "params" / "default.yaml", "a") as f:
         f.write("\n# edited\n")
     assert studies.plan_key("smoke", ["temperature"], (), 0) != key
+
+
+def test_base_for_a_preset_applies_on_top_of_base():
+    cpu = {tuple(r.params["eval"]["semi"]["fractions"]) for r in studies.expand("cpu", "methods")}
+    smoke = {tuple(r.params["eval"]["semi"]["fractions"]) for r in studies.expand("smoke", "methods")}
+    assert cpu == {(0.01,)} and smoke == {(0.01, 0.1)}

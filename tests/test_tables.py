@@ -176,7 +176,7 @@ def test_methods_recipe_columns_come_from_each_runs_params():
     assert simclr["optimizer"] == "LARS (momentum 0.9, η 0.001), BN and biases exempt"
     assert (simclr["base_lr"], simclr["peak_lr"], simclr["weight_decay"]) == ("1 × B/256", 1.0 * b / 256, 1e-6)
     assert (simclr["schedule"], simclr["epochs"], simclr["batch_size"]) == ("cosine, 1 warm-up epoch", 2, b)
-    assert simclr["source"] == "pretrain" and simclr["head"] == "2-layer MLP → 16"
+    assert simclr["source"] == "pretrain" and simclr["head"] == "2-layer MLP → 16, BN on its output"
     moco = rec.loc["MoCo v2"]
     assert moco["optimizer"] == "SGD (momentum 0.9)" and moco["base_lr"] == "0.03 × B/256"
     assert moco["peak_lr"] == pytest.approx(0.03 * b / 256) and moco["weight_decay"] == 1e-4
@@ -186,13 +186,15 @@ def test_methods_recipe_columns_come_from_each_runs_params():
     assert byol["optimizer"].startswith("LARS") and byol["base_lr"] == "0.2 × B/256"
     assert byol["weight_decay"] == 1.5e-6
     assert byol["schedule"] == "cosine, 0.02 warm-up epochs"  # 10 of BYOL's 1000 epochs, of our 2
+    assert byol["head"] == "2-layer MLP → 16"  # BYOL's projector has no BN on its output
     simsiam = rec.loc["SimSiam"]
     assert simsiam["optimizer"] == "SGD (momentum 0.9), predictor at the fixed peak lr"
     assert simsiam["peak_lr"] == pytest.approx(0.05 * b / 256)
     assert simsiam["head"] == "3-layer MLP → 16, BN on its output"
     wcl = rec.loc["WCL"]
     assert wcl["base_lr"] == "0.075 × √B" and wcl["peak_lr"] == pytest.approx(0.075 * math.sqrt(b))
-    assert (wcl["epochs"], wcl["batch_size"]) == (2, b) and rec.loc["SimCLRv2", "head"] == "3-layer MLP → 16"
+    assert (wcl["epochs"], wcl["batch_size"]) == (2, b)
+    assert rec.loc["SimCLRv2", "head"] == "3-layer MLP → 16, BN on its output"
     # a preset's lr_factor is shown, not silently folded in
     scaled = tables.recipes_of(_methods_runs("moco.recipe.lr_factor=2"), ["method"]).set_index("method")
     assert scaled.loc["MoCo v2", "recipe_base_lr"] == "0.06 (= 0.03 × lr_factor 2) × B/256"

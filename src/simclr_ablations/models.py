@@ -105,15 +105,34 @@ def encoder(p: dict) -> ResNet:
     return ResNet(e["depth"], e["width"], stem_for(e["stem"], p["data"]["image_size"]), e["zero_init_residual"])
 
 
-class Head(nn.Module):
-    """Projection head g: none (identity), linear, or an MLP of `layers` linear layers with ReLU (+BN)."""
+class ScaleBatchNorm(nn.BatchNorm1d):
+    """BatchNorm with a learnable scale and no shift: `batch_norm_relu(..., center=False)`, the
+    output layer of the official SimCLR heads (model_util.linear_layer with use_bias=False)."""
 
-    def __init__(self, kind: str, dim: int, layers: int, hidden_dim: int, out_dim: int, batch_norm: bool):
+    def __init__(self, dim: int):
+        super().__init__(dim)
+        self.bias.requires_grad_(False)
+
+
+def _out_layer(cin: int, out_dim: int, output_bn: bool) -> nn.Module:
+    if not output_bn:
+        return nn.Linear(cin, out_dim)
+    return nn.Sequential(nn.Linear(cin, out_dim, bias=False), ScaleBatchNorm(out_dim))
+
+
+class Head(nn.Module):
+    """Projection head g: none (identity), linear, or an MLP of `layers` linear layers with ReLU (+BN).
+    With `output_bn` the last linear layer is followed by a BN without shift, as in the official
+    SimCLR code for both the linear and the non-linear head (z's scale is then learnt, which is
+    what the no-l2 rows of Table 5 depend on)."""
+
+    def __init__(self, kind: str, dim: int, layers: int, hidden_dim: int, out_dim: int, batch_norm: bool,
+                 output_bn: bool = False):
         super().__init__()
         hidden = hidden_dim or dim
         self.blocks = nn.ModuleList()
         if kind == "linear":
-            self.blocks.append(nn.Linear(dim, out_dim))
+            self.blocks.append(_out_layer(dim, out_dim, output_bn))
         elif kind == "mlp":
             cin = dim
             for _ in range(layers - 1):
@@ -121,7 +140,7 @@ class Head(nn.Module):
                 parts += [nn.BatchNorm1d(hidden)] if batch_norm else []
                 self.blocks.append(nn.Sequential(*parts, nn.ReLU()))
                 cin = hidden
-            self.blocks.append(nn.Linear(cin, out_dim))
+            self.blocks.append(_out_layer(cin, out_dim, output_bn and batch_norm))
         self.out_dim = out_dim if self.blocks else dim
 
     def layers_out(self, h: torch.Tensor) -> list[torch.Tensor]:
@@ -139,7 +158,7 @@ class Head(nn.Module):
 
 def head(p: dict, dim: int) -> Head:
     h = p["head"]
-    return Head(h["type"], dim, h["layers"], h["hidden_dim"], h["out_dim"], h["batch_norm"])
+    return Head(h["type"], dim, h["layers"], h["hidden_dim"], h["out_dim"], h["batch_norm"], h["output_bn"])
 
 
 class SimCLRNet(nn.Module):

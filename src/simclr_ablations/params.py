@@ -476,7 +476,8 @@ def pretrain_params(p: dict) -> dict:
         del q["moco"]["shuffle_bn"]
     head, t, aug = q["head"], q["pretrain"], q["augment"]
     if head["type"] != "mlp":
-        q["head"] = {"type": "none"} if head["type"] == "none" else {"type": "linear", "out_dim": head["out_dim"]}
+        q["head"] = {"type": "none"} if head["type"] == "none" else {"type": "linear", "out_dim": head["out_dim"],
+                                                                    "output_bn": head["output_bn"]}
     for name in METHOD_BLOCKS:
         if q["method"] != name:
             del q[name]

@@ -31,10 +31,9 @@ import json
 from pathlib import Path
 
 import torch
-import torchvision.transforms.functional as TF
 from torch.utils.data import DataLoader, Dataset
 
-from . import augment, data, datasets
+from . import augment, data
 
 GB = 1e9
 
@@ -102,6 +101,8 @@ class Center(Dataset):
         return len(self.files)
 
     def __getitem__(self, i):
+        from . import datasets
+
         return datasets.read_center(self.files[i], self.size)
 
     def take(self, idx: torch.Tensor) -> Center:
@@ -142,11 +143,15 @@ class Crops(Dataset):
         return len(self.files)
 
     def __getitem__(self, key):
+        import torchvision.transforms.functional as TF
+        from PIL import Image
+
+        from . import datasets
+
         epoch, i = key
         pl, size = self.plan, self.size
         if not pl["random"]:
             return datasets.read_center(self.files[i], size)[None]
-        from PIL import Image
 
         img = datasets._decode(self.files[i])
         width, height = img.size

@@ -95,7 +95,7 @@ def expand(preset: str, study: str | None = None, extra: tuple[str, ...] = (), n
     runs = []
     for name in [study] if study else names():
         s = spec()["studies"][name]
-        base = [_setting(k, v) for k, v in (s.get("base") or {}).items()]
+        base = [_setting(k, v) for k, v in {**(s.get("base") or {}), **s.get("base_for", {}).get(preset, {})}.items()]
         grid = axes(name, preset)
         for combo in itertools.product(*[list(v.items()) for v in grid.values()]):
             cell = tuple((axis, label) for axis, (label, _) in zip(grid, combo))
