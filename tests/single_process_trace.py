@@ -21,8 +21,9 @@ import torch
 from simclr_ablations import data, params, pretrain
 
 METHODS = ("simclr", "moco", "byol", "simsiam", "wcl", "supervised")
+# head.output_bn=false: the head the reference was written with (the official output BN came later)
 SETTINGS = ["pretrain.epochs=2", "pretrain.warmup_epochs=1", "data.synthetic.train_size=256",
-            "data.synthetic.test_size=64", "pretrain.batch_size=64"]
+            "data.synthetic.test_size=64", "pretrain.batch_size=64", "head.output_bn=false"]
 TRACE = Path(__file__).parent / "data" / "single_process_trace.json"
 
 

@@ -168,7 +168,8 @@ def evaluate(run_dir: Path, data_dir: Path, p: dict | None = None, threads: int 
     model, _ = pretrain.load_model(run_dir, device)
     meta = data.load_meta(data_dir)
     data.check_meta(meta, p, data_dir)
-    trained_on = json.loads((Path(run_dir) / "train.json").read_text()).get("data_fingerprint")
+    train = json.loads((Path(run_dir) / "train.json").read_text())
+    trained_on = train.get("data_fingerprint")
     if trained_on and trained_on != meta.get("fingerprint"):
         raise data.DataError(f"{run_dir} was pretrained on other data (fingerprint {trained_on}) than --data "
                              f"{data_dir} ({meta.get('fingerprint')}): the data changed since; rerun prepare and "
@@ -190,7 +191,6 @@ def evaluate(run_dir: Path, data_dir: Path, p: dict | None = None, threads: int 
             "knn_top1": round(knn(a, ytr, b, yte, classes, e["knn"]["k"], e["knn"]["temperature"]), 3),
         })
     chosen = by_layer[min(e["feature_layer"], len(by_layer) - 1)]
-    train = json.loads((Path(run_dir) / "train.json").read_text())
     metrics = {
         "run_id": train["run_id"],
         "eval_id": params.eval_id(p),

@@ -475,9 +475,11 @@ def pretrain_params(p: dict) -> dict:
     else:
         del q["moco"]["shuffle_bn"]
     head, t, aug = q["head"], q["pretrain"], q["augment"]
+    if not head["output_bn"] or (head["type"] == "mlp" and not head["batch_norm"]):
+        del head["output_bn"]  # no output BN: the id it had before the key existed
     if head["type"] != "mlp":
         q["head"] = {"type": "none"} if head["type"] == "none" else {"type": "linear", "out_dim": head["out_dim"],
-                                                                    "output_bn": head["output_bn"]}
+                                                                    **{k: head[k] for k in ("output_bn",) if k in head}}
     for name in METHOD_BLOCKS:
         if q["method"] != name:
             del q[name]
