@@ -17,6 +17,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from . import params
+
 LAYOUT = {10: ("basic", (1, 1, 1, 1)), 18: ("basic", (2, 2, 2, 2)), 34: ("basic", (3, 4, 6, 3)),
           50: ("bottleneck", (3, 4, 6, 3)), 101: ("bottleneck", (3, 4, 23, 3)),
           152: ("bottleneck", (3, 8, 36, 3))}
@@ -122,7 +124,7 @@ def _out_layer(cin: int, out_dim: int, output_bn: bool) -> nn.Module:
 
 class Head(nn.Module):
     """Projection head g: none (identity), linear, or an MLP of `layers` linear layers with ReLU (+BN).
-    With `output_bn` the last linear layer is followed by a BN without shift, as in the official
+    With `output_bn` (params.has_output_bn) the last linear layer is followed by a BN without shift, as in the official
     SimCLR code for both the linear and the non-linear head (z's scale is then learnt, which is
     what the no-l2 rows of Table 5 depend on)."""
 
@@ -140,7 +142,7 @@ class Head(nn.Module):
                 parts += [nn.BatchNorm1d(hidden)] if batch_norm else []
                 self.blocks.append(nn.Sequential(*parts, nn.ReLU()))
                 cin = hidden
-            self.blocks.append(_out_layer(cin, out_dim, output_bn and batch_norm))
+            self.blocks.append(_out_layer(cin, out_dim, output_bn))
         self.out_dim = out_dim if self.blocks else dim
 
     def layers_out(self, h: torch.Tensor) -> list[torch.Tensor]:
@@ -158,7 +160,7 @@ class Head(nn.Module):
 
 def head(p: dict, dim: int) -> Head:
     h = p["head"]
-    return Head(h["type"], dim, h["layers"], h["hidden_dim"], h["out_dim"], h["batch_norm"], h["output_bn"])
+    return Head(h["type"], dim, h["layers"], h["hidden_dim"], h["out_dim"], h["batch_norm"], params.has_output_bn(h))
 
 
 class SimCLRNet(nn.Module):

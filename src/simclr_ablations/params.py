@@ -475,11 +475,12 @@ def pretrain_params(p: dict) -> dict:
     else:
         del q["moco"]["shuffle_bn"]
     head, t, aug = q["head"], q["pretrain"], q["augment"]
-    if not head["output_bn"] or (head["type"] == "mlp" and not head["batch_norm"]):
+    if not has_output_bn(head):
         del head["output_bn"]  # no output BN: the id it had before the key existed
-    if head["type"] != "mlp":
-        q["head"] = {"type": "none"} if head["type"] == "none" else {"type": "linear", "out_dim": head["out_dim"],
-                                                                    **{k: head[k] for k in ("output_bn",) if k in head}}
+    if head["type"] == "none":
+        q["head"] = {"type": "none"}
+    elif head["type"] == "linear":
+        q["head"] = {k: head[k] for k in ("type", "out_dim", "output_bn") if k in head}
     for name in METHOD_BLOCKS:
         if q["method"] != name:
             del q[name]
@@ -502,6 +503,12 @@ def pretrain_params(p: dict) -> dict:
     if aug["branches"] == "both":
         del aug["base_crop_scale"]
     return q
+
+
+def has_output_bn(head: dict) -> bool:
+    """Whether the head ends in the official shift-free BN: `head.output_bn` on a linear head, or on an
+    MLP whose layers have BN (`head.batch_norm`); never without a head."""
+    return head["type"] != "none" and head["output_bn"] and (head["type"] == "linear" or head["batch_norm"])
 
 
 def unused_loss_keys(t: dict) -> list[str]:

@@ -288,11 +288,10 @@ def recipe_row(p: dict) -> dict:
     head = p["head"]
     if head["type"] == "mlp":
         head_text = f"{head['layers']}-layer MLP → {head['out_dim']}" + ("" if head["batch_norm"] else ", no BN")
-        if (p["method"] == "simsiam" and p["simsiam"]["output_bn"]) or (head["batch_norm"] and head["output_bn"]):
-            head_text += ", BN on its output"
     else:
         head_text = "none" if head["type"] == "none" else f"linear → {head['out_dim']}"
-        head_text += ", BN on its output" if head["type"] == "linear" and head["output_bn"] else ""
+    if params.has_output_bn(head) or (p["method"] == "simsiam" and p["simsiam"]["output_bn"]):
+        head_text += ", BN on its output"
     row = {"source": "pretrain" if p["method"] in ("simclr", "supervised") else f"{p['method']}.recipe",
            "optimizer": opt, "base_lr": f"{base} {_SCALING[t['lr_scaling']]}",
            "peak_lr": recipes.scaled_lr(t["lr"], t["batch_size"], t["lr_scaling"]),
