@@ -131,3 +131,48 @@ def test_lars_excludes_bn_and_bias_of_a_resnet():
         if isinstance(mod, (torch.nn.Conv2d, torch.nn.Linear)):
             assert id(mod.weight) in adapted_ids
             assert mod.bias is None or id(mod.bias) in plain_ids
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 1e-3])
+def test_nesterov_sgd_step_is_torch_sgd_bit_for_bit(weight_decay):
+    """linear_eval's optimizer-free step must give torch.optim.SGD(nesterov=True)'s weights exactly."""
+    torch.manual_seed(0)
+    a, b = torch.nn.Linear(6, 4), torch.nn.Linear(6, 4)
+    b.load_state_dict(a.state_dict())
+    ref = torch.optim.SGD(a.parameters(), lr=0.3, momentum=0.9, nesterov=True, weight_decay=weight_decay)
+    weights, bufs = list(b.parameters()), [None, None]
+    for step in range(5):
+        x, y = torch.randn(16, 6), torch.randint(0, 4, (16,))
+        lr = 0.3 * (1 - step / 5)
+        for group in ref.param_groups:
+            group["lr"] = lr
+        ref.zero_grad()
+        torch.nn.functional.cross_entropy(a(x), y).backward()
+        ref.step()
+        loss = torch.nn.functional.cross_entropy(b(x), y)
+        optim.nesterov_sgd_step(weights, torch.autograd.grad(loss, weights), bufs, lr, 0.9, weight_decay)
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_cpu_pretraining_and_linear_eval_do_not_import_dynamo():
+    """torch.optim imports torch._dynamo (~2.5 s) at an optimizer's first call unless skip_dynamo_import
+    ran; pretrain.setup runs it on CPU. Checked in a fresh interpreter (pytest may have imported dynamo)."""
+    import subprocess
+    import sys
+
+    code = """
+import sys, torch
+from simclr_ablations import evaluate, optim, params, pretrain
+p = params.load(preset="smoke")
+pretrain.setup(p, 1)
+model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
+opt = optim.build(model, optim.recipe(p))
+model(torch.randn(8, 4)).pow(2).sum().backward()
+opt.step(); opt.zero_grad(); opt.load_state_dict(opt.state_dict())
+f, y = torch.randn(40, 5), torch.arange(40) % 2
+evaluate.linear_eval(f, y, f, y, 2, p["eval"]["linear"], 0)
+assert "torch._dynamo" not in sys.modules, "torch._dynamo was imported"
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]

@@ -55,19 +55,17 @@ def linear_eval(ftr, ytr, fte, yte, classes: int, cfg: dict, seed: int) -> float
     clf = torch.nn.Linear(ftr.shape[1], classes)
     bs = min(cfg["batch_size"], ftr.shape[0])
     peak = cfg["lr"] * bs / 256
-    opt = torch.optim.SGD(clf.parameters(), lr=peak, momentum=0.9, nesterov=True, weight_decay=cfg["weight_decay"])
     steps = math.ceil(ftr.shape[0] / bs)
     g = torch.Generator().manual_seed(seed)
+    weights, bufs = list(clf.parameters()), [None, None]
     for epoch in range(cfg["epochs"]):
         perm = torch.randperm(ftr.shape[0], generator=g)
         for s in range(steps):
-            for group in opt.param_groups:
-                group["lr"] = optim.lr_at(epoch * steps + s, cfg["epochs"] * steps, 0, peak, "cosine")
+            lr = optim.lr_at(epoch * steps + s, cfg["epochs"] * steps, 0, peak, "cosine")
             idx = perm[s * bs:(s + 1) * bs]
             loss = F.cross_entropy(clf(ftr[idx]), ytr[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            optim.nesterov_sgd_step(weights, torch.autograd.grad(loss, weights), bufs, lr, 0.9,
+                                    cfg["weight_decay"])
     with torch.no_grad():
         return (clf(fte).argmax(1) == yte).float().mean().item() * 100
 

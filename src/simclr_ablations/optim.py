@@ -23,6 +23,33 @@ import torch
 from .recipes import RECIPE_KEYS, SIMCLR_CONVENTIONS, recipe, scaled_lr  # noqa: F401
 
 
+def skip_dynamo_import() -> None:
+    """Spare a process the 2.5 s import of torch._dynamo when nothing is compiled.
+
+    torch.optim.Optimizer's __init__, state_dict, load_state_dict, zero_grad and add_param_group are
+    wrapped by torch._disable_dynamo, which imports torch._dynamo at their first call (on 2 CPU cores
+    that is ~20% of a cpu-preset pretraining's wall time, and of its evaluation's). The wrapper
+    caches the disabled function as `fn.__dynamo_disable`; disabling matters only inside a compiled
+    region, so with nothing compiled the plain function is that cache. Call it only when
+    `runtime.compile` is off; if torch changes the wrapper, this does nothing."""
+    for name in ("__init__", "state_dict", "load_state_dict", "zero_grad", "add_param_group"):
+        fn = getattr(getattr(torch.optim.Optimizer, name), "__wrapped__", None)
+        if fn is not None and getattr(fn, "__dynamo_disable", None) is None:
+            fn.__dynamo_disable = fn
+
+
+def nesterov_sgd_step(params, grads, bufs: list, lr: float, momentum: float, weight_decay: float) -> None:
+    """One step of torch.optim.SGD(nesterov=True, dampening=0), the same arithmetic in the same
+    order, without the optimizer object (whose step() imports torch._dynamo: skip_dynamo_import).
+    `bufs` holds the momentum buffers (None before the first step)."""
+    with torch.no_grad():
+        for i, (w, g) in enumerate(zip(params, grads)):
+            if weight_decay:
+                g = g.add(w, alpha=weight_decay)
+            bufs[i] = torch.clone(g).detach() if bufs[i] is None else bufs[i].mul_(momentum).add_(g)
+            w.add_(g.add(bufs[i], alpha=momentum), alpha=-lr)
+
+
 class _FixedLR:
     """Mixin: before each step, groups with a `fixed_lr` take it back (the schedule sets every group)."""
 

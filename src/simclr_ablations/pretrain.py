@@ -67,6 +67,8 @@ def setup(p: dict, threads: int = 0) -> torch.device:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
+    if not (device.type == "cuda" and r["compile"]):
+        optim.skip_dynamo_import()
     return device
 
 
