@@ -4,6 +4,7 @@ import json
 
 import pandas as pd
 import pytest
+import torch
 
 from simclr_ablations import studies
 
@@ -39,12 +40,16 @@ def test_smoke_grid_outputs(smoke_grid):
         assert (d / "pretrain.bench.tsv").exists() and (d / "pretrain.log").exists()
         for record in [d / "train.json", *d.glob("eval/*/metrics.json")]:
             prov = json.loads(record.read_text())["provenance"]
-            assert {"code_version", "torch", "cuda", "device", "threads", "wall_seconds"} <= set(prov), record
+            keys = {"code_version", "torch", "cuda", "device", "device_name", "threads", "wall_seconds"}
+            assert keys <= set(prov), record
         full = json.loads((d / "provenance.json").read_text())
         assert full["source_hash"] in full["code_version"] and full["threads"] == 1
     for study in studies.names():
         runs = pd.read_csv(res / f"tables/{study}_runs.csv")
         assert runs["code_version"].notna().all() and runs["device"].eq("cpu").all()
+        # the CPU and the ISA of its kernels (results of one run differ between AVX2 and AVX512)
+        isa = torch.backends.cpu.get_cpu_capability()
+        assert runs["pretrain_device_name"].str.endswith(f"({isa})").all(), runs["pretrain_device_name"]
     assert "Code version of every run:" in summary
 
 

@@ -214,6 +214,7 @@ def evaluate(run_dir: Path, data_dir: Path, p: dict | None = None, threads: int 
                            for f in semi["fractions"]}
     metrics["provenance"] = provenance.record(device, torch.get_num_threads(), time.perf_counter() - wall0)
     metrics["provenance"]["pretrain_code_version"] = train["provenance"]["code_version"]
+    metrics["provenance"]["pretrain_device_name"] = train["provenance"].get("device_name", "")
     return metrics
 
 
@@ -236,7 +237,8 @@ def write(metrics: dict, p: dict, out_dir: Path) -> None:
     full = metrics["provenance"]
     write_json(full, out_dir / "provenance.json")
     write_json({**metrics, "provenance": {**provenance.compact(full),
-                                          "pretrain_code_version": full["pretrain_code_version"]}},
+                                          "pretrain_code_version": full["pretrain_code_version"],
+                                          "pretrain_device_name": full["pretrain_device_name"]}},
                out_dir / "metrics.json")
 
 

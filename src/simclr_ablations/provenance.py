@@ -118,11 +118,28 @@ def code_version() -> str:
 
 # The fields that metrics.json and train.json carry (DVC shows them as columns); the full record
 # goes to provenance.json beside them.
-COMPACT = ("code_version", "torch", "cuda", "device", "threads", "wall_seconds")
+COMPACT = ("code_version", "torch", "cuda", "device", "device_name", "threads", "wall_seconds")
 
 
 def compact(rec: dict) -> dict:
     return {k: rec[k] for k in COMPACT if k in rec}
+
+
+def cpu_name() -> str:
+    """The CPU model (from /proc/cpuinfo where there is one) and the vector ISA torch's CPU kernels use
+    (torch.backends.cpu.get_cpu_capability: e.g. AVX2, AVX512). Float results of the same run differ
+    between ISAs (other kernels round differently), so every result records them."""
+    import torch
+
+    name = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                name = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{name} ({torch.backends.cpu.get_cpu_capability()})"
 
 
 def record(device=None, threads: int | None = None, wall_seconds: float | None = None) -> dict:
@@ -140,8 +157,7 @@ def record(device=None, threads: int | None = None, wall_seconds: float | None =
         "torch": str(torch.__version__),
         "cuda": str(torch.version.cuda or ""),
         "device": dev,
-        "device_name": torch.cuda.get_device_name(device) if dev.startswith("cuda") else platform.processor()
-        or platform.machine(),
+        "device_name": torch.cuda.get_device_name(device) if dev.startswith("cuda") else cpu_name(),
         "threads": threads if threads is not None else torch.get_num_threads(),
         "host": platform.node(),
         "argv": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),

@@ -42,7 +42,7 @@ def _bench_seconds(path: Path) -> float:
 
 # Provenance columns of every row (provenance.record); rows of one table made by different code
 # versions are flagged (`code_versions`).
-PROVENANCE = ["code_version", "torch", "cuda", "device", "threads"]
+PROVENANCE = ["code_version", "torch", "cuda", "device", "device_name", "threads"]
 
 
 def code_versions(df: pd.DataFrame) -> list[str]:
@@ -71,6 +71,8 @@ def collect(runs: list[studies.Run], runs_dir: Path) -> pd.DataFrame:
             row[semi_column(float(fraction))] = top1
         row.update({k: m["provenance"].get(k, "") for k in PROVENANCE})
         row["pretrain_code_version"] = m["provenance"].get("pretrain_code_version", "")
+        # CPU float results depend on the kernels' ISA (AVX2, AVX512): the CPU that trained the row
+        row["pretrain_device_name"] = m["provenance"].get("pretrain_device_name", "")
         row["settings"] = " ".join(r.settings)
         row["params"] = json.dumps(yaml.safe_load((e / "params.yaml").read_text()), sort_keys=True)
         rows.append(row)
