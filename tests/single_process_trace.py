@@ -52,5 +52,6 @@ if __name__ == "__main__":
         d = prepare(Path(tmp))
         out = {m: trace(m, d, Path(tmp) / m) for m in (sys.argv[1:] or METHODS)}
     TRACE.parent.mkdir(exist_ok=True)
+    out["isa"] = torch.backends.cpu.get_cpu_capability()  # the bits are those of this ISA's kernels
     TRACE.write_text(json.dumps(out, indent=1, sort_keys=True) + "\n")
     print(f"wrote {TRACE}")

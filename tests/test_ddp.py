@@ -1,7 +1,8 @@
 """Data-parallel pretraining (distributed.py) on the CPU with gloo.
 
-- A run without torchrun is bit for bit what main's code gave before data parallelism
-  (tests/single_process_trace.py wrote the reference from commit 81a1d80).
+- A run without torchrun is bit for bit the stored reference (tests/single_process_trace.py; first written
+  from commit 81a1d80, before data parallelism; rewritten on an AVX2 CPU when the width-x1/16 model stopped
+  using channels_last on the CPU, whose backward there corrupted the heap: models.channels_last_breaks_on_cpu).
 - The equivalence test: 2 processes x batch B/2 and 1 process x batch B, same seed, SyncBN on, give
   the same loss at every step and the same weights after 6 steps, within ATOL. It runs the network
   in float64 (the losses stay float32): the smoke-size network (4 channels per stage) turns float32
@@ -33,11 +34,21 @@ TINY = ["data.synthetic.train_size=32", "data.synthetic.test_size=32", "pretrain
 
 
 def test_single_process_unchanged(tmp_path):
-    """Every method, run alone, gives the losses and the weight bits main's code gave (same run id)."""
+    """Every method, run alone, gives the losses and the weight bits of the stored reference (same run id).
+
+    The bits are those of one vector ISA's kernels (the reference records it: `isa`); on a CPU with another
+    ISA (AVX512 vs AVX2) the same code rounds differently, so there the check is the run ids and that two
+    runs give the same bits."""
     want = json.loads(TRACE.read_text())
     d = prepare(tmp_path)
+    same_isa = want["isa"] == torch.backends.cpu.get_cpu_capability()
     for method in METHODS:
-        assert trace(method, d, tmp_path / method) == want[method], method
+        got = trace(method, d, tmp_path / method)
+        if same_isa:
+            assert got == want[method], method
+        else:
+            assert got["run_id"] == want[method]["run_id"], method
+            assert trace(method, d, tmp_path / f"{method}-again") == got, method
 
 
 @pytest.fixture(scope="module")

@@ -142,6 +142,16 @@ def test_variants_train(smoke_data, tmp_path, setting):
     assert s["final"]["loss"] == s["final"]["loss"]  # finite, not NaN
 
 
+def test_narrowest_encoder_trains_on_cpu_despite_the_channels_last_bug(smoke_data, tmp_path):
+    """At width x1/16 the downsample shortcut is Conv2d(4, 8, 1, stride 2), whose channels_last CPU backward
+    crashes torch 2.14 (models.channels_last_breaks_on_cpu). In a subprocess: the failure is a segfault."""
+    out = cli("pretrain", "--preset", "smoke", "--set", "encoder.depth=10", "--set", "encoder.width=0.0625",
+              "--set", "runtime.channels_last=true", "--set", "pretrain.epochs=1", "--set", "pretrain.warmup_epochs=0",
+              "--threads", "1", "--data", smoke_data, "--out", tmp_path / "run", check=False)
+    assert out.returncode == 0, out.stdout[-1000:] + out.stderr[-2000:]
+    assert "channels_last: off" in out.stdout + out.stderr
+
+
 def test_effective_rank_and_spread_tell_collapse_from_spread():
     from simclr_ablations import diagnose
 

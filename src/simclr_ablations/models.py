@@ -98,6 +98,15 @@ class ResNet(nn.Module):
         return self.layers(self.stem(x)).mean((2, 3))
 
 
+def channels_last_breaks_on_cpu(model: nn.Module) -> bool:
+    """True when the model has a 1x1 stride-2 convolution with fewer than 8 input channels (a ResNet's
+    downsample shortcut at width x1/16): torch 2.14's CPU backward of such a convolution in channels_last
+    corrupts the heap (segfault, abort or bus error, on AVX2; a plain Conv2d(4, 8, 1, 2) reproduces it).
+    pretrain then keeps the default layout on the CPU."""
+    return any(isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1) and m.stride != (1, 1) and m.in_channels < 8
+               for m in model.modules())
+
+
 def stem_for(stem: str, image_size: int) -> str:
     return stem if stem != "auto" else ("cifar" if image_size <= 64 else "imagenet")
 

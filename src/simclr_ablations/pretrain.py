@@ -162,6 +162,9 @@ def _train(p: dict, data_dir: Path, out_dir: Path, threads: int, log) -> dict:
     norm = augment.Normalize(meta["mean"], meta["std"], aug["normalize"]).to(device)
     cuda = device.type == "cuda"
     channels_last = p["runtime"]["channels_last"]
+    if channels_last and device.type == "cpu" and models.channels_last_breaks_on_cpu(model):
+        channels_last = False
+        log("runtime.channels_last: off on the CPU for this model (torch bug: models.channels_last_breaks_on_cpu)")
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     method = None if p["method"] == "supervised" else methods.build(p, model, getattr(source, "images", source),
