@@ -27,7 +27,7 @@ from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
 
-from simclr_ablations import augment, data, losses, optim, params, pretrain  # noqa: E402
+from simclr_ablations import augment, data, losses, models, optim, params, pretrain  # noqa: E402
 
 T_IMPORTED = time.perf_counter()
 
@@ -52,7 +52,7 @@ class Pipeline:
         self.warmup = self.steps_per_epoch * t["warmup_epochs"]
         self.model = pretrain.build_model(p, len(meta["classes"])).to(self.device)
         self.norm = augment.Normalize(meta["mean"], meta["std"], aug["normalize"]).to(self.device)
-        self.channels_last = p["runtime"]["channels_last"]
+        self.channels_last = models.use_channels_last(p["runtime"]["channels_last"], self.device, self.model)
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.opt = optim.build(self.model, t)

@@ -107,6 +107,11 @@ def channels_last_breaks_on_cpu(model: nn.Module) -> bool:
                for m in model.modules())
 
 
+def use_channels_last(wanted: bool, device: torch.device, model: nn.Module) -> bool:
+    """runtime.channels_last, except on the CPU for a model that channels_last breaks there."""
+    return wanted and not (device.type == "cpu" and channels_last_breaks_on_cpu(model))
+
+
 def stem_for(stem: str, image_size: int) -> str:
     return stem if stem != "auto" else ("cifar" if image_size <= 64 else "imagenet")
 

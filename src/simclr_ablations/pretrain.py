@@ -161,9 +161,8 @@ def _train(p: dict, data_dir: Path, out_dir: Path, threads: int, log) -> dict:
     model = build_model(p, len(meta["classes"])).to(device)
     norm = augment.Normalize(meta["mean"], meta["std"], aug["normalize"]).to(device)
     cuda = device.type == "cuda"
-    channels_last = p["runtime"]["channels_last"]
-    if channels_last and device.type == "cpu" and models.channels_last_breaks_on_cpu(model):
-        channels_last = False
+    channels_last = models.use_channels_last(p["runtime"]["channels_last"], device, model)
+    if p["runtime"]["channels_last"] and not channels_last:
         log("runtime.channels_last: off on the CPU for this model (torch bug: models.channels_last_breaks_on_cpu)")
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
