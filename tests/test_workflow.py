@@ -172,4 +172,3 @@ def test_changed_files_under_data_root_rerun_prepare(tmp_path):
     Image.fromarray(np.zeros((8, 8, 3), dtype=np.uint8)).save(root / "a" / "9.png")
     out = run(["snakemake", "-n", "--until", "prepare", *cfg], work).stdout
     assert len(_jobs(out, "prepare")) == 1 and "Params have changed" in out, out
-
