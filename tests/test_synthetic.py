@@ -136,3 +136,37 @@ def test_colour_only_encoder_solves_crop_only_but_not_crop_and_colour(images):
     crop_colour = params.load("cpu", settings=["augment.ops=[crop, color]"])["augment"]
     assert probe.colour_encoder_accuracy(x, crop_only, steps=40, n=64, width=16) >= 0.5
     assert probe.colour_encoder_accuracy(x, crop_colour, steps=40, n=64, width=16) <= 0.15
+
+
+def _peak_cycles(x: torch.Tensor) -> torch.Tensor:
+    """The radial frequency (cycles per image) of each image's strongest non-DC gray spectral peak."""
+    g = augment._gray(augment.to_float(x))[:, 0]
+    s = torch.fft.fft2(g - g.mean((1, 2), keepdim=True)).abs()
+    f = torch.fft.fftfreq(x.shape[-1]) * x.shape[-1]
+    r = torch.sqrt(f[:, None] ** 2 + f[None, :] ** 2)
+    return r.flatten()[s.flatten(1).argmax(1)]
+
+
+def test_two_scale_bands_split_each_texture_by_scale():
+    """bands 2: class 2t / 2t+1 is texture t coarse / fine; bands 1 keeps the data (and run names) it had."""
+    x, y = synthetic.textures(24, 32, 2400, seed=3, bands=2)
+    assert torch.bincount(y).tolist() == [100] * 24
+    peak = _peak_cycles(x)
+    for t in range(12):
+        if synthetic.TEXTURES[t] == "blobs":
+            continue  # band-pass noise: its peak is spread over a ring
+        coarse, fine = peak[y == 2 * t].median(), peak[y == 2 * t + 1].median()
+        assert fine > 1.6 * coarse, (synthetic.TEXTURES[t], coarse, fine)
+    assert synthetic.class_names(4, 2) == ["h_stripes/coarse", "h_stripes/fine", "v_stripes/coarse", "v_stripes/fine"]
+    one = synthetic.textures(10, 32, 50, seed=3)
+    assert all(torch.equal(a, b) for a, b in zip(one, synthetic.textures(10, 32, 50, seed=3, bands=1)))
+    p1 = params.load("smoke")
+    p2 = params.load("smoke", settings=["data.synthetic.bands=2", "data.synthetic.classes=20"])
+    assert "bands" not in params.data_params(p1)["synthetic"] and params.data_params(p2)["synthetic"]["bands"] == 2
+    assert data.load_raw(p2["data"])["classes"][:2] == ["h_stripes/coarse", "h_stripes/fine"]
+    with pytest.raises(params.ParamsError, match="2 to 12 classes with bands = 1"):
+        params.load("smoke", settings=["data.synthetic.classes=13"])
+    with pytest.raises(params.ParamsError, match="shapes dataset has 2 to 20"):
+        params.load("smoke", settings=["data.synthetic.kind=shapes", "data.synthetic.classes=21"])
+    with pytest.raises(params.ParamsError, match="data.synthetic.bands"):
+        params.load("smoke", settings=["data.synthetic.kind=shapes", "data.synthetic.bands=2"])

@@ -170,9 +170,9 @@ def load_raw(d: dict) -> dict:
         from . import synthetic as tex
 
         s = d["synthetic"]
-        out = {"train": tex.textures(s["classes"], d["image_size"], s["train_size"], s["seed"]),
-               "test": tex.textures(s["classes"], d["image_size"], s["test_size"], s["seed"] + 1),
-               "classes": list(tex.TEXTURES[: s["classes"]])}
+        out = {"train": tex.textures(s["classes"], d["image_size"], s["train_size"], s["seed"], s.get("bands", 1)),
+               "test": tex.textures(s["classes"], d["image_size"], s["test_size"], s["seed"] + 1, s.get("bands", 1)),
+               "classes": tex.class_names(s["classes"], s.get("bands", 1))}
     elif name == "synthetic":
         s = d["synthetic"]
         out = {

@@ -46,6 +46,7 @@ CHOICES = {
     "moco.negatives": ("queue", "bank"),
     "data.dataset": ("synthetic", "cifar10", "cifar100", "stl10", "imagefolder"),
     "data.synthetic.kind": ("textures", "shapes"),
+    "data.synthetic.bands": (1, 2),
     "augment.branches": ("both", "one"),
     "encoder.depth": DEPTHS,
     "encoder.stem": ("auto", "cifar", "imagenet"),
@@ -89,7 +90,7 @@ RANGES = {
     "data.train_limit": _between(0, 100 * MILLION),
     "data.test_limit": _between(0, 100 * MILLION),
     "data.imagefolder_test_fraction": ("in (0, 1)", lambda v: 0 < v < 1),
-    "data.synthetic.classes": ("in [2, 20]", lambda v: 2 <= v <= 20),
+    "data.synthetic.classes": ("in [2, 24]", lambda v: 2 <= v <= 24),
     "data.synthetic.train_size": _between(1, 10 * MILLION),
     "data.synthetic.test_size": _between(1, 10 * MILLION),
     "augment.base_crop_scale": UNIT,
@@ -318,6 +319,14 @@ def _validate_cross(p: dict) -> None:
                           f"small_scale_max = {wcl['small_scale_max']}")
     if p["method"] in ("moco", "byol", "simsiam", "wcl") and p["head"]["type"] == "none":
         raise ParamsError(f"'head.type' = 'none': method {p['method']!r} needs a projection head (linear or mlp)")
+    syn = p["data"]["synthetic"]
+    if syn["kind"] == "shapes" and syn["bands"] != 1:
+        raise ParamsError(f"'data.synthetic.bands' = {syn['bands']}: the shapes dataset has one band (use 1)")
+    if syn["kind"] == "shapes" and syn["classes"] > 20:
+        raise ParamsError(f"'data.synthetic.classes' = {syn['classes']}: the shapes dataset has 2 to 20 classes")
+    if syn["kind"] == "textures" and syn["classes"] > 12 * syn["bands"]:
+        raise ParamsError(f"'data.synthetic.classes' = {syn['classes']}: the textures dataset has 2 to "
+                          f"{12 * syn['bands']} classes with bands = {syn['bands']}")
     crop = p["augment"]["crop"]
     if crop["ratio_min"] > crop["ratio_max"]:
         raise ParamsError(f"'augment.crop.ratio_min' = {crop['ratio_min']} exceeds ratio_max = {crop['ratio_max']}")
@@ -444,7 +453,10 @@ def data_params(p: dict) -> dict:
     drop = set(STORAGE_DEFAULTS)
     if d["dataset"] == "imagefolder" and d["storage"] != STORAGE_DEFAULTS["storage"]:
         drop = set() if d["storage"] == "auto" else {"memory_budget_gb"}
-    return {k: v for k, v in d.items() if k not in drop}
+    d = {k: v for k, v in d.items() if k not in drop}
+    if d["synthetic"]["bands"] == 1:  # one band: the data, and so the names, from before the key existed
+        d["synthetic"] = {k: v for k, v in d["synthetic"].items() if k != "bands"}
+    return d
 
 
 # Run identities. A pretraining is named by everything that can change its trained weights; an

@@ -39,8 +39,9 @@ CONTRAST = 0.5  # luminance contrast of the textures around mid-grey
 DETAIL_STD = 0.06  # per-pixel luminance noise, fixed per image
 
 
-def _field(kind: str, xs: torch.Tensor, ys: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    """A [0, 1] luminance map of texture `kind` for n images at coordinates xs, ys (n x S x S, in [0, 1))."""
+def _field(kind: str, xs: torch.Tensor, ys: torch.Tensor, g: torch.Generator, cycles=(4.0, 7.0)) -> torch.Tensor:
+    """A [0, 1] luminance map of texture `kind` for n images at coordinates xs, ys (n x S x S, in [0, 1)),
+    with `cycles` (lo, hi) periods per image."""
     n = xs.shape[0]
 
     def u(lo, hi):
@@ -49,7 +50,7 @@ def _field(kind: str, xs: torch.Tensor, ys: torch.Tensor, g: torch.Generator) ->
     theta = u(-0.17, 0.17)  # about +-10 degrees: both signs are in every class, so a flip stays in class
     x = xs * torch.cos(theta) - ys * torch.sin(theta)
     y = xs * torch.sin(theta) + ys * torch.cos(theta)
-    w = 2 * math.pi * u(4.0, 7.0)  # cycles per image
+    w = 2 * math.pi * u(*cycles)
     px, py = u(0, 2 * math.pi), u(0, 2 * math.pi)
     cx, cy = torch.cos(w * x + px), torch.cos(w * y + py)
     fields = {
@@ -66,16 +67,16 @@ def _field(kind: str, xs: torch.Tensor, ys: torch.Tensor, g: torch.Generator) ->
         "h_waves": lambda: torch.cos(w * y + 1.2 * torch.sin(w * x / 2 + px) + py),
         "v_waves": lambda: torch.cos(w * x + 1.2 * torch.sin(w * y / 2 + py) + px),
         "plaid": lambda: (cx + cy) * 1.5,
-        "blobs": lambda: _blobs(n, xs.shape[-1], g),
+        "blobs": lambda: _blobs(n, xs.shape[-1], g, (cycles[0] + cycles[1]) / 2 + 0.5),
     }
     return torch.sigmoid(3.0 * fields[kind]())
 
 
-def _blobs(n: int, size: int, g: torch.Generator) -> torch.Tensor:
-    """Isotropic band-pass noise (about 6 blobs per side), standardised per image."""
+def _blobs(n: int, size: int, g: torch.Generator, radius: float = 6.0) -> torch.Tensor:
+    """Isotropic band-pass noise (about `radius` blobs per side), standardised per image."""
     f = torch.fft.fftfreq(size)
     r = torch.sqrt(f[:, None] ** 2 + f[None, :] ** 2) * size
-    band = torch.exp(-((r - 6.0) ** 2) / 4.0)
+    band = torch.exp(-((r - radius) ** 2) / 4.0)
     z = torch.fft.ifft2(torch.fft.fft2(torch.randn(n, size, size, generator=g)) * band).real
     return (z - z.mean((1, 2), keepdim=True)) / z.std((1, 2), keepdim=True).clamp_min(1e-6) * 1.5
 
@@ -96,10 +97,20 @@ def instance_colour(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return x
 
 
-def textures(classes: int, size: int, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """n images (uint8 n x 3 x size x size) and balanced labels, a pure function of the arguments."""
-    if not 2 <= classes <= len(TEXTURES):
-        raise ValueError(f"'data.synthetic.classes' = {classes}: the textures dataset has 2 to {len(TEXTURES)}")
+BANDS = {1: ((4.0, 7.0),), 2: ((2.0, 3.2), (6.0, 9.6))}  # cycles per image of each scale band
+
+
+def class_names(classes: int, bands: int = 1) -> list[str]:
+    if bands == 1:
+        return list(TEXTURES[:classes])
+    return [f"{TEXTURES[c // bands]}/{('coarse', 'fine')[c % bands]}" for c in range(classes)]
+
+
+def textures(classes: int, size: int, n: int, seed: int, bands: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    """n images (uint8 n x 3 x size x size) and balanced labels, a pure function of the arguments.
+    With `bands` 2, class c is texture c // 2 at scale band c % 2 (coarse, fine)."""
+    if not 2 <= classes <= len(TEXTURES) * bands:
+        raise ValueError(f"'data.synthetic.classes' = {classes}: the textures dataset has 2 to {len(TEXTURES) * bands}")
     g = torch.Generator().manual_seed(seed)
     labels = (torch.arange(n) % classes)[torch.randperm(n, generator=g)]
     lin = (torch.arange(size) + 0.5) / size
@@ -107,7 +118,8 @@ def textures(classes: int, size: int, n: int, seed: int) -> tuple[torch.Tensor, 
     lum = torch.empty(n, 1, size, size)
     for c in range(classes):
         idx = torch.nonzero(labels == c).flatten()
-        lum[idx, 0] = _field(TEXTURES[c], xs.expand(idx.numel(), -1, -1), ys.expand(idx.numel(), -1, -1), g)
+        lum[idx, 0] = _field(TEXTURES[c // bands], xs.expand(idx.numel(), -1, -1), ys.expand(idx.numel(), -1, -1), g,
+                             BANDS[bands][c % bands])
     lum = 0.5 + (lum - 0.5) * CONTRAST
     lum = (lum + torch.randn(n, 1, size, size, generator=g) * DETAIL_STD).clamp(0, 1)
     light, dark = (torch.tensor(c).view(1, 3, 1, 1) for c in PALETTE)
