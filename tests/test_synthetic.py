@@ -170,3 +170,22 @@ def test_two_scale_bands_split_each_texture_by_scale():
         params.load("smoke", settings=["data.synthetic.kind=shapes", "data.synthetic.classes=21"])
     with pytest.raises(params.ParamsError, match="data.synthetic.bands"):
         params.load("smoke", settings=["data.synthetic.kind=shapes", "data.synthetic.bands=2"])
+
+
+def test_bands_one_keeps_fingerprints_and_prepared_data_from_before_the_key(tmp_path):
+    """Values computed at a7f314d, before data.synthetic.bands existed: the smoke and cpu data fingerprints and
+    run ids; and data prepared then (meta.json without `bands`) is still accepted with bands 1, not with 2."""
+    from simclr_ablations import fingerprint
+
+    for preset, fp, rid in (("smoke", "5cabe13da318", "1c4262fb87b2"), ("cpu", "3c276260ea72", "104650f12383")):
+        p = params.load(preset)
+        assert (fingerprint.of_data(p["data"]), params.pretrain_id(p)) == (fp, rid)
+    p = params.load("smoke", settings=["data.synthetic.train_size=40", "data.synthetic.test_size=20"])
+    out = data.prepare(p, tmp_path / "d")
+    meta = data.load_meta(out)
+    del meta["data_params"]["synthetic"]["bands"]
+    data.check_meta(meta, p, out)
+    two = params.load("smoke", settings=["data.synthetic.train_size=40", "data.synthetic.test_size=20",
+                                         "data.synthetic.bands=2"])
+    with pytest.raises(data.DataError, match="data.synthetic"):
+        data.check_meta(meta, two, out)

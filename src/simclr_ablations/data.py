@@ -313,6 +313,9 @@ def check_meta(meta: dict, p: dict, data_dir: Path) -> None:
                                 f"{made.get(key, params.STORAGE_DEFAULTS[key])!r}, but the params say {want[key]!r}; "
                                 "prepare the data with these params (or pass the matching --data)")
             continue
+        if key == "synthetic" and isinstance(made.get(key), dict):  # made before data.synthetic.bands: 1 band
+            if params.synthetic_identity(made[key]) == params.synthetic_identity(want[key]):
+                continue
         if made.get(key) != want[key]:
             raise DataError(f"--data {data_dir} was prepared with data.{key} = {made.get(key)!r}, but the params say "
                             f"{want[key]!r}; prepare the data with these params (or pass the matching --data)")

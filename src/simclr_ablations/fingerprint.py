@@ -76,7 +76,7 @@ def of_folder(root: Path) -> str:
 def of_data(d: dict) -> str:
     """The fingerprint of the data that the data params `d` read."""
     if d["dataset"] == "synthetic":
-        return params.digest({"synthetic": d["synthetic"], "image_size": d["image_size"]})
+        return params.digest({"synthetic": params.synthetic_identity(d["synthetic"]), "image_size": d["image_size"]})
     return of_folder(Path(d["root"]))
 
 

@@ -454,9 +454,14 @@ def data_params(p: dict) -> dict:
     if d["dataset"] == "imagefolder" and d["storage"] != STORAGE_DEFAULTS["storage"]:
         drop = set() if d["storage"] == "auto" else {"memory_budget_gb"}
     d = {k: v for k, v in d.items() if k not in drop}
-    if d["synthetic"]["bands"] == 1:  # one band: the data, and so the names, from before the key existed
-        d["synthetic"] = {k: v for k, v in d["synthetic"].items() if k != "bands"}
+    d["synthetic"] = synthetic_identity(d["synthetic"])
     return d
+
+
+def synthetic_identity(s: dict) -> dict:
+    """data.synthetic as it names data: bands 1 is left out (the data, and so the names and fingerprints,
+    from before the key existed)."""
+    return {k: v for k, v in s.items() if not (k == "bands" and v == 1)}
 
 
 # Run identities. A pretraining is named by everything that can change its trained weights; an
