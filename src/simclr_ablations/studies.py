@@ -53,10 +53,14 @@ def names() -> list[str]:
     return list(spec()["studies"])
 
 
-def seeds(preset: str, n: int = 0) -> list[int]:
-    """Replicate seeds of a preset: `n` if given, else `seeds[preset]` of studies.yaml."""
+def seeds(preset: str, n: int = 0, study: str | None = None) -> list[int]:
+    """Replicate seeds: `n` if given, else the study's `seeds_for[preset]`, else `seeds[preset]` of
+    studies.yaml (a cheap study can afford more seeds than the preset's budget gives every study)."""
     table = spec()["seeds"]
-    return list(range(n or table.get(preset, table["default"])))
+    own = (spec()["studies"][study].get("seeds_for") or {}).get(preset) if study else None
+    if own is not None and (isinstance(own, bool) or not isinstance(own, int) or own < 1):
+        raise params.ParamsError(f"studies.yaml: {study}.seeds_for.{preset} = {own!r}; allowed: an integer >= 1")
+    return list(range(n or own or table.get(preset, table["default"])))
 
 
 _DUMPED: dict[str, str] = {}  # YAML text of each value seen (the grid repeats few values many times)
@@ -100,7 +104,7 @@ def expand(preset: str, study: str | None = None, extra: tuple[str, ...] = (), n
         for combo in itertools.product(*[list(v.items()) for v in grid.values()]):
             cell = tuple((axis, label) for axis, (label, _) in zip(grid, combo))
             sets = base + [_setting(k, v) for _, st in combo for k, v in st.items()]
-            for seed in seeds(preset, n_seeds):
+            for seed in seeds(preset, n_seeds, name):
                 settings = tuple(list(extra) + sets + [f"seed={seed}"])
                 try:
                     p = params.load(preset or None, settings=list(settings))  # "": no preset
