@@ -101,10 +101,11 @@ def expand(preset: str, study: str | None = None, extra: tuple[str, ...] = (), n
         s = spec()["studies"][name]
         base = [_setting(k, v) for k, v in {**(s.get("base") or {}), **s.get("base_for", {}).get(preset, {})}.items()]
         grid = axes(name, preset)
+        replicates = seeds(preset, n_seeds, name)
         for combo in itertools.product(*[list(v.items()) for v in grid.values()]):
             cell = tuple((axis, label) for axis, (label, _) in zip(grid, combo))
             sets = base + [_setting(k, v) for _, st in combo for k, v in st.items()]
-            for seed in seeds(preset, n_seeds, name):
+            for seed in replicates:
                 settings = tuple(list(extra) + sets + [f"seed={seed}"])
                 try:
                     p = params.load(preset or None, settings=list(settings))  # "": no preset
