@@ -124,17 +124,17 @@ def test_base_for_a_preset_applies_on_top_of_base():
 
 
 def test_seeds_for_gives_one_study_its_own_number_of_seeds(tmp_path, monkeypatch):
+    assert {r.seed for r in studies.expand("cpu", "projection_head")} == set(range(5))  # studies.yaml: seeds_for
     shutil.copytree(params.PARAMS_DIR, tmp_path / "params")
     monkeypatch.setattr(params, "PARAMS_DIR", tmp_path / "params")
     path = tmp_path / "params" / "studies.yaml"
     text = path.read_text()
-    assert "\n  projection_head:\n" in text
-    path.write_text(text.replace("\n  projection_head:\n", "\n  projection_head:\n    seeds_for: {cpu: 5}\n"))
-    head = {r.seed for r in studies.expand("cpu", "projection_head")}
-    assert head == set(range(5))
-    assert {r.seed for r in studies.expand("cpu", "temperature")} == {0, 1, 2}  # seeds[cpu]
-    assert {r.seed for r in studies.expand("smoke", "projection_head")} == {0}  # other presets keep theirs
-    assert {r.seed for r in studies.expand("cpu", "projection_head", n_seeds=2)} == {0, 1}  # --config seeds wins
-    path.write_text(text.replace("\n  projection_head:\n", "\n  projection_head:\n    seeds_for: {cpu: -1}\n"))
-    with pytest.raises(params.ParamsError, match=r"projection_head\.seeds_for\.cpu = -1; allowed: an integer >= 1"):
-        studies.expand("cpu", "projection_head")
+    assert "\n  temperature:\n" in text
+    path.write_text(text.replace("\n  temperature:\n", "\n  temperature:\n    seeds_for: {cpu: 4}\n"))
+    assert {r.seed for r in studies.expand("cpu", "temperature")} == set(range(4))
+    assert {r.seed for r in studies.expand("cpu", "losses")} == {0, 1, 2}  # seeds[cpu]
+    assert {r.seed for r in studies.expand("smoke", "temperature")} == {0}  # other presets keep theirs
+    assert {r.seed for r in studies.expand("cpu", "temperature", n_seeds=2)} == {0, 1}  # --config seeds wins
+    path.write_text(text.replace("\n  temperature:\n", "\n  temperature:\n    seeds_for: {cpu: -1}\n"))
+    with pytest.raises(params.ParamsError, match=r"temperature\.seeds_for\.cpu = -1; allowed: an integer >= 1"):
+        studies.expand("cpu", "temperature")
