@@ -138,3 +138,20 @@ def test_seeds_for_gives_one_study_its_own_number_of_seeds(tmp_path, monkeypatch
     path.write_text(text.replace("\n  temperature:\n", "\n  temperature:\n    seeds_for: {cpu: -1}\n"))
     with pytest.raises(params.ParamsError, match=r"temperature\.seeds_for\.cpu = -1; allowed: an integer >= 1"):
         studies.expand("cpu", "temperature")
+
+
+def test_a_per_preset_section_naming_no_preset_is_refused(tmp_path, monkeypatch):
+    """A typo such as `shrink: {cpuu: ...}` would otherwise leave the preset's full grid running."""
+    shutil.copytree(params.PARAMS_DIR, tmp_path / "params")
+    monkeypatch.setattr(params, "PARAMS_DIR", tmp_path / "params")
+    path = tmp_path / "params" / "studies.yaml"
+    text = path.read_text()
+    for section, value in (("shrink", "{cpuu: {encoder: [\"preset encoder\"]}}"), ("base_for", "{cpuu: {seed: 1}}"),
+                           ("seeds_for", "{cpuu: 4}")):
+        path.write_text(text.replace("\n  untrained:\n", f"\n  untrained:\n    {section}: {value}\n"))
+        with pytest.raises(params.ParamsError, match=rf"untrained\.{section} names unknown presets \['cpuu'\]; "
+                                                     r"allowed: cifar10, cpu, imagenet"):
+            studies.expand("cpu", "untrained")
+    path.write_text(text.replace("seeds: {smoke: 1,", "seeds: {smok: 2, smoke: 1,"))
+    with pytest.raises(params.ParamsError, match=r"seeds names unknown presets \['smok'\]"):
+        studies.expand("cpu", "untrained")

@@ -93,11 +93,26 @@ def axes(study: str, preset: str) -> dict[str, dict[str, dict]]:
     return out
 
 
+def check_preset_keys(study: str) -> None:
+    """A per-preset section (`shrink`, `base_for`, `seeds_for`) naming no preset would silently do nothing."""
+    s, known = spec()["studies"][study], params.presets()
+    for section in ("shrink", "base_for", "seeds_for"):
+        unknown = sorted(set(s.get(section) or {}) - set(known))
+        if unknown:
+            raise params.ParamsError(f"studies.yaml: {study}.{section} names unknown presets {unknown}; "
+                                     f"allowed: {', '.join(known)}")
+    unknown = sorted(set(spec()["seeds"]) - set(known) - {"default"})
+    if unknown:
+        raise params.ParamsError(f"studies.yaml: seeds names unknown presets {unknown}; allowed: "
+                                 f"{', '.join(known)}, default")
+
+
 def expand(preset: str, study: str | None = None, extra: tuple[str, ...] = (), n_seeds: int = 0) -> list[Run]:
     """Every run of `study` (or of all studies) for `preset`, validated. `extra` settings (e.g. a
     dataset override) apply to every run; `n_seeds` overrides the preset's number of replicates."""
     runs = []
     for name in [study] if study else names():
+        check_preset_keys(name)
         s = spec()["studies"][name]
         base = [_setting(k, v) for k, v in {**(s.get("base") or {}), **s.get("base_for", {}).get(preset, {})}.items()]
         grid = axes(name, preset)
