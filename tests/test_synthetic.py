@@ -178,8 +178,9 @@ def test_bands_one_keeps_fingerprints_and_prepared_data_from_before_the_key(tmp_
     from simclr_ablations import fingerprint
 
     one_band = ["data.synthetic.bands=1", "data.synthetic.classes=10"]  # the cpu preset's data until it took 2 bands
-    for preset, fp, rid in (("smoke", "5cabe13da318", "1c4262fb87b2"), ("cpu", "3c276260ea72", "104650f12383")):
-        p = params.load(preset, settings=one_band if preset == "cpu" else [])
+    for preset, settings, fp, rid in (("smoke", [], "5cabe13da318", "1c4262fb87b2"),
+                                      ("cpu", one_band, "3c276260ea72", "104650f12383")):
+        p = params.load(preset, settings=settings)
         assert (fingerprint.of_data(p["data"]), params.pretrain_id(p)) == (fp, rid)
     p = params.load("smoke", settings=["data.synthetic.train_size=40", "data.synthetic.test_size=20"])
     out = data.prepare(p, tmp_path / "d")

@@ -56,7 +56,11 @@ def names() -> list[str]:
 def seeds(preset: str, n: int = 0, study: str | None = None) -> list[int]:
     """Replicate seeds: `n` if given, else the study's `seeds_for[preset]`, else `seeds[preset]` of
     studies.yaml (a cheap study can afford more seeds than the preset's budget gives every study)."""
-    table = spec()["seeds"]
+    table, known = spec()["seeds"], params.presets()
+    unknown = sorted(set(table) - set(known) - {"default"})
+    if unknown:
+        raise params.ParamsError(f"studies.yaml: seeds names unknown presets {unknown}; allowed: "
+                                 f"{', '.join(known)}, default")
     own = (spec()["studies"][study].get("seeds_for") or {}).get(preset) if study else None
     if own is not None and (isinstance(own, bool) or not isinstance(own, int) or own < 1):
         raise params.ParamsError(f"studies.yaml: {study}.seeds_for.{preset} = {own!r}; allowed: an integer >= 1")
@@ -101,10 +105,6 @@ def check_preset_keys(study: str) -> None:
         if unknown:
             raise params.ParamsError(f"studies.yaml: {study}.{section} names unknown presets {unknown}; "
                                      f"allowed: {', '.join(known)}")
-    unknown = sorted(set(spec()["seeds"]) - set(known) - {"default"})
-    if unknown:
-        raise params.ParamsError(f"studies.yaml: seeds names unknown presets {unknown}; allowed: "
-                                 f"{', '.join(known)}, default")
 
 
 def expand(preset: str, study: str | None = None, extra: tuple[str, ...] = (), n_seeds: int = 0) -> list[Run]:
