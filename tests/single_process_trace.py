@@ -5,7 +5,8 @@ tests/data/single_process_trace.json was written by `python tests/single_process
 main's code *before* data parallelism was added (commit 81a1d80; rewritten at 89323b4, still before
 it, when the embedded dataset changed); test_single_process_unchanged reruns the same pretrainings
 with today's code and requires the same bits, so a run without torchrun stays what it was (results
-regenerated from main remain valid).
+regenerated from main remain valid). The related methods run with `<method>.per_view_forward: false`,
+the one-pass forward they had when the reference was written (their default since is one pass per view).
 """
 
 from __future__ import annotations
@@ -33,7 +34,9 @@ def tensor_digest(state: dict) -> dict:
 
 
 def trace(method: str, data_dir: Path, out: Path) -> dict:
-    p = params.load("smoke", settings=SETTINGS + [f"method={method}"])
+    # both views in one forward pass: the related methods' forward before per_view_forward existed
+    joint = [f"{method}.per_view_forward=false"] if method in params.METHOD_BLOCKS else []
+    p = params.load("smoke", settings=SETTINGS + [f"method={method}"] + joint)
     summary = pretrain.train(p, data_dir, out, threads=1, log=lambda *_: None)
     ckpt = torch.load(out / "checkpoint.pt", weights_only=False)
     lines = (out / "history.csv").read_text().splitlines()

@@ -263,3 +263,27 @@ def test_simclr_heads_end_in_a_shiftless_bn_like_the_official_code():
     assert isinstance(off.head.blocks[-1], torch.nn.Linear) and off.head.blocks[-1].bias is not None
     moco = models.SimCLRNet(_p("moco", **{"head.batch_norm": False}))  # MoCo v2's fc-ReLU-fc: no BN at all
     assert not any(isinstance(m, torch.nn.BatchNorm1d) for m in moco.head.modules())
+
+
+@pytest.mark.parametrize("method,per_view", [("simclr", False)] + [(m, pv) for m in ("moco", "byol", "simsiam", "wcl")
+                                                                  for pv in (True, False)])
+def test_batchnorm_sees_one_view_at_a_time_as_the_official_code(method, per_view):
+    """MoCo, BYOL, SimSiam and WCL forward each view on its own in their official code (BN statistics
+    of one view's batch); `<method>.per_view_forward: false` and SimCLR (whose TF code concatenates the
+    views) normalise both views together. Every BatchNorm of the step records the batch it saw."""
+    extra = {} if method == "simclr" else {f"{method}.per_view_forward": per_view}
+    if method == "wcl":
+        extra["wcl.small_crops"] = 2
+    p = _p(method, **extra)
+    torch.manual_seed(0)
+    model = models.SimCLRNet(p)
+    images = torch.randint(0, 256, (32, 3, 16, 16), dtype=torch.uint8)
+    m = methods.build(p, model, images, torch.nn.Identity())
+    seen = []
+    for mod in m.modules():
+        if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
+            mod.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].shape[0]))
+    m.train()
+    m.loss(torch.rand(16, 3, 16, 16), images[:8], torch.arange(8), torch.Generator().manual_seed(0))
+    one_view = per_view and method != "simclr"
+    assert seen and set(seen) == ({8} if one_view else {16}), sorted(set(seen))   # 8 images, two views (WCL: two small)

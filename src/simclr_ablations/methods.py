@@ -14,7 +14,10 @@ what one step optimises and what state it keeps besides the network:
            of each view's 1-nearest-neighbour graph, used swapped (view 1's labels for view 2) in a
            supervised contrastive loss; and the KNN multi-crop (small crops of the K nearest images).
 
-Asymmetric losses are symmetrised over the two views.
+Asymmetric losses are symmetrised over the two views. BatchNorm: moco, byol, simsiam and wcl pass
+each view through the networks on its own (`<method>.per_view_forward`, as their official code
+does: BN statistics of one view's batch); simclr passes both views at once (google-research/simclr
+concatenates them along the batch).
 
 Data parallel (distributed.py; alone, every gather is the identity): `loss` gets this rank's views
 and raw images, the *global* batch's indices and a Shard generator. simclr and wcl gather the
@@ -135,6 +138,17 @@ class Method(nn.Module):
     def embed(self, v):
         return self.model.head(self.model.encoder(v))
 
+    def per_view(self) -> bool:
+        """`<method>.per_view_forward`: one forward pass per view, so each BatchNorm normalises a view over
+        its own batch, as the official MoCo, BYOL, SimSiam and WCL code do; off (and SimCLR, whose
+        official code concatenates the views): one pass over both views."""
+        m = self.p["method"]
+        return m in params.METHOD_BLOCKS and self.p[m]["per_view_forward"]
+
+    def views(self, fn, v, n: int = 2):
+        """fn applied to the n stacked views v (view 1, then view 2, ...): per view or in one pass (per_view)."""
+        return torch.cat([fn(u) for u in v.chunk(n)]) if self.per_view() else fn(v)
+
     def stats(self, z1, z2) -> dict:
         """Contrastive statistics of the global batch's embeddings (gathered, no gradient)."""
         t = self.p["pretrain"]
@@ -199,6 +213,11 @@ class MoCo(Method):
 
     @torch.no_grad()
     def keys(self, v, g):
+        """The key encoder's l2-normalised embeddings of the stacked views v (per view: `views`)."""
+        return self.views(lambda u: self.view_keys(u, g), v)
+
+    @torch.no_grad()
+    def view_keys(self, v, g):
         """The key encoder's l2-normalised embeddings of v. Shuffle-BN (several ranks, moco.shuffle_bn):
         the global batch's views are gathered, permuted with a draw shared by all ranks, each rank
         encodes its share of the permuted batch (its BatchNorm sees a random subset), and the keys are
@@ -215,7 +234,7 @@ class MoCo(Method):
 
     def loss(self, v, x, idx, g):
         m = self.p["moco"]
-        q1, q2 = F.normalize(self.embed(v).float(), dim=1).chunk(2)
+        q1, q2 = F.normalize(self.views(self.embed, v).float(), dim=1).chunk(2)
         k1, k2 = self.keys(v, g).chunk(2)
         neg = self.negatives(idx, g)
         loss = (losses.info_nce(q1, k2, neg, m["temperature"]) + losses.info_nce(q2, k1, neg, m["temperature"])) / 2
@@ -242,10 +261,10 @@ class BYOL(Method):
         self.target = frozen_copy(model)
 
     def loss(self, v, x, idx, g):
-        z = self.embed(v)
-        p1, p2 = self.predictor(z).float().chunk(2)
+        z = self.views(self.embed, v)
+        p1, p2 = self.views(self.predictor, z).float().chunk(2)
         with torch.no_grad():
-            t1, t2 = self.target.head(self.target.encoder(v)).float().chunk(2)
+            t1, t2 = self.views(lambda u: self.target.head(self.target.encoder(u)), v).float().chunk(2)
         loss = (losses.byol_regression(p1, t2) + losses.byol_regression(p2, t1)) / 2
         return loss, self.stats(*z.float().chunk(2))
 
@@ -272,8 +291,8 @@ class SimSiam(Method):
         return list(self.predictor.parameters()) if self.p["simsiam"]["fixed_predictor_lr"] else []
 
     def loss(self, v, x, idx, g):
-        z = self.embed(v)
-        pr = self.predictor(z).float()
+        z = self.views(self.embed, v)
+        pr = self.views(self.predictor, z).float()
         z1, z2 = z.float().chunk(2)
         p1, p2 = pr.chunk(2)
         loss = (losses.negative_cosine(p1, z2) + losses.negative_cosine(p2, z1)) / 2
@@ -312,9 +331,9 @@ class WCL(Method):
         w = self.p["wcl"]
         t = w["temperature"]
         b = v.shape[0] // 2
-        h = self.model.encoder(v)
-        z1, z2 = (distributed.gather(e) for e in F.normalize(self.model.head(h).float(), dim=1).chunk(2))
-        f1, f2 = (distributed.gather(e) for e in F.normalize(self.graph_head(h).float(), dim=1).chunk(2))
+        h = self.views(self.model.encoder, v)
+        z1, z2 = (distributed.gather(e) for e in F.normalize(self.views(self.model.head, h).float(), dim=1).chunk(2))
+        f1, f2 = (distributed.gather(e) for e in F.normalize(self.views(self.graph_head, h).float(), dim=1).chunk(2))
         z, f = torch.cat([z1, z2]), torch.cat([f1, f2])
         b_all = z1.shape[0]
         loss = losses.nt_xent(z1, z2, t, True)
@@ -324,10 +343,12 @@ class WCL(Method):
         loss = loss + w["lam"] * graph
         if w["small_crops"]:
             small = self.small(x, idx, g)
-            hs = self.model.encoder(torch.cat(small))
             reps = len(small)  # gathered crop by crop: [crop 1 of the global batch; crop 2; ...]
-            zs = torch.cat([distributed.gather(e) for e in F.normalize(self.model.head(hs).float(), dim=1).chunk(reps)])
-            fs = torch.cat([distributed.gather(e) for e in F.normalize(self.graph_head(hs).float(), dim=1).chunk(reps)])
+            hs = self.views(self.model.encoder, torch.cat(small), reps)
+            zs = torch.cat([distributed.gather(e) for e in
+                            F.normalize(self.views(self.model.head, hs, reps).float(), dim=1).chunk(reps)])
+            fs = torch.cat([distributed.gather(e) for e in
+                            F.normalize(self.views(self.graph_head, hs, reps).float(), dim=1).chunk(reps)])
             own = torch.cat([eye, eye], 1).repeat(reps, 1)                   # small crop of i ~ both views of i
             weak = torch.cat([mask1, mask2], 1).repeat(reps, 1)              # ~ i's weak-label mates in each view
             loss = loss + w["beta"] * losses.sup_contrastive(zs, z, own, t)

@@ -501,6 +501,8 @@ def pretrain_params(p: dict) -> dict:
     for name in METHOD_BLOCKS:
         if q["method"] != name:
             del q[name]
+        elif not q[name]["per_view_forward"]:
+            del q[name]["per_view_forward"]  # both views in one pass: the id it had before the key existed
     if q["method"] in METHOD_BLOCKS:  # its own recipe replaces pretrain's optimiser keys (optim.recipe)
         own = set(q[q["method"]]["recipe"]) | ({"warmup_epochs"} if "warmup_fraction" in q[q["method"]]["recipe"]
                                                else set())
