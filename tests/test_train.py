@@ -169,3 +169,18 @@ def test_diagnose_cli_reports_rank_spread_and_loss_curve(smoke_data, tmp_path):
     d = json.loads(out.strip().splitlines()[-1])
     assert d["method"] == "simclr" and 1 <= d["h"]["effective_rank"] <= d["h"]["dim"]
     assert d["g"]["dim"] == params.load("smoke")["head"]["out_dim"] and d["loss_first_epoch"] > 0
+    assert 0 < d["encoder_change"] < 10  # trained: moved from the init that the run's seed rebuilds
+
+
+def test_encoder_change_is_zero_at_the_init_and_grows_with_the_step(smoke_data):
+    from simclr_ablations import diagnose
+
+    p = params.load("smoke")
+    model = pretrain.build_model(p, 4)
+    assert diagnose.encoder_change(model, p, 4) == 0
+    with torch.no_grad():
+        for m in model.encoder.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                m.weight.mul_(1.1)
+    assert abs(diagnose.encoder_change(model, p, 4) - 0.1) < 1e-5
+    assert diagnose.encoder_change(model, {**p, "seed": p["seed"] + 1}, 4) > 1  # another seed: another init

@@ -5,7 +5,10 @@ For the test images' features at h (the encoder output) and at the head's last l
   (Roy & Vetterli 2007); 1 = every image on one line, `dim` = all directions used equally.
 - `std_normalized`: mean over dimensions of the std of l2-normalised features; 1/sqrt(dim) when they
   spread over the sphere, 0 when they collapse to a point (the SimSiam paper's collapse monitor).
-And the pretraining loss curve (first and last epoch) from history.csv.
+And the pretraining loss curve (first and last epoch) from history.csv, and `encoder_change`: how far
+training moved the encoder's convolution weights from their initialisation (rebuilt from the run's
+seed), ||W - W0|| / ||W0||. Near 0, the encoder is still its random init: an accuracy at the untrained
+floor is then a run that barely trained (too small an lr for its steps), not a collapse.
 """
 
 from __future__ import annotations
@@ -29,6 +32,15 @@ def std_normalized(f: torch.Tensor) -> float:
     return float(F.normalize(f, dim=1).std(0).mean())
 
 
+def encoder_change(model: torch.nn.Module, p: dict, classes: int) -> float:
+    """||W - W0|| / ||W0|| over the encoder's convolution weights; W0 as pretrain.build_model draws it."""
+    w0 = pretrain.build_model(p, classes).encoder.state_dict()
+    w = model.encoder.state_dict()
+    keys = [k for k, v in w.items() if v.dim() == 4]
+    moved = sum(float(((w[k].float().cpu() - w0[k]) ** 2).sum()) for k in keys) ** 0.5
+    return moved / sum(float((w0[k] ** 2).sum()) for k in keys) ** 0.5
+
+
 def diagnose(run_dir: Path, data_dir: Path) -> dict:
     run_dir = Path(run_dir)
     p = evaluate.trained_params(run_dir)
@@ -43,6 +55,7 @@ def diagnose(run_dir: Path, data_dir: Path) -> dict:
     for name, f in (("h", feats[0]), ("g", feats[-1])):
         out[name] = {"dim": f.shape[1], "effective_rank": round(effective_rank(f), 2),
                      "std_normalized": round(std_normalized(f), 4), "sqrt_dim_inv": round(f.shape[1] ** -0.5, 4)}
+    out["encoder_change"] = round(encoder_change(model, p, len(meta["classes"])), 4)
     hist = run_dir / "history.csv"
     if hist.exists():
         rows = list(csv.DictReader(hist.open()))
