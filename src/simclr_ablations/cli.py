@@ -80,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     sp.add_argument("--out", required=True, type=Path)
     sp.add_argument("--title", default="")
 
-    sp = sub.add_parser("diagnose", help="collapse diagnostics of a finished run: feature rank, spread, loss curve")
+    sp = sub.add_parser("diagnose", help="collapse diagnostics of a finished run: feature rank, spread, loss curve, "
+                                         "how far training moved the encoder")
     sp.add_argument("--run", required=True, type=Path, action="append", help="run directory (repeatable)")
     sp.add_argument("--data", required=True, type=Path, help="prepared dataset directory")
 
