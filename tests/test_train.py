@@ -172,7 +172,7 @@ def test_diagnose_cli_reports_rank_spread_and_loss_curve(smoke_data, tmp_path):
     assert 0 < d["encoder_change"] < 10  # trained: moved from the init that the run's seed rebuilds
 
 
-def test_encoder_change_is_zero_at_the_init_and_grows_with_the_step(smoke_data):
+def test_encoder_change_is_zero_at_the_init_and_grows_with_the_step():
     from simclr_ablations import diagnose
 
     p = params.load("smoke")
