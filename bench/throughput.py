@@ -4,7 +4,8 @@
 
 A step is what `pretrain.train` does per batch: index a batch of the in-memory uint8 dataset, move it
 to the device, `augment.two_views`, `Normalize`, channels-last (per runtime params), forward under
-bf16 autocast on CUDA, the configured loss and contrastive stats, backward, optimizer step. Reported:
+bf16 autocast where enabled (CUDA: runtime.amp; CPU: runtime.cpu_amp), the configured loss and
+contrastive stats, backward, optimizer step. Reported:
 
 * end-to-end images/s: median over `--repeats` runs of `--steps` steps each, after `--warmup` steps;
 * augmentation-only images/s (batch -> device -> two views -> Normalize) and step-only images/s
@@ -61,7 +62,7 @@ class Pipeline:
         self.forward = torch.compile(self.model) if (self.cuda and p["runtime"]["compile"]) else self.model
         g_order, self.g_aug = pretrain.epoch_generators(p["seed"], 0, self.device)
         self.perm = torch.randperm(images.shape[0], generator=g_order)
-        self.amp = self.cuda and p["runtime"]["amp"]
+        self.amp = pretrain.uses_amp(p, self.device)
         self.i = 0
         self.model.train()
 

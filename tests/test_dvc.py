@@ -104,6 +104,10 @@ def test_dvc_deps_are_the_modules_each_stage_imports():
     # each stage declares only the params keys it reads, from the resolved file
     keys = lambda s: next(iter(stages[s]["params"][0].values()))  # noqa: E731
     assert keys("prepare") == ["data"] and keys("evaluate") == ["eval"] and "eval" not in keys("pretrain")
+    # every runtime key that can enter a pretraining's identity reruns the stage when it changes
+    from simclr_ablations import params
+
+    assert {f"runtime.{k}" for k in (*params.RUNTIME_IDENTITY, "cpu_amp")} <= set(keys("pretrain"))
     assert yaml.safe_load((ROOT / "dvc.yaml").read_text())["plots"]
 
 

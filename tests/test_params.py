@@ -74,8 +74,9 @@ def test_resolved_roundtrip_and_run_identity():
     assert same("method=supervised") == same("method=supervised", "pretrain.temperature=0.1", "head.out_dim=7")
     for changed in ("seed=1", "pretrain.temperature=0.2", "augment.color.strength=0.5", "head.out_dim=7",
                     "augment.ops=[crop, color]", "data.synthetic.train_size=100", "runtime.threads=2",
-                    "runtime.amp=false"):
+                    "runtime.amp=false", "runtime.cpu_amp=true"):
         assert same(changed) != same(), changed
+    assert same("runtime.cpu_amp=false") == same()  # off: the id from before the key
 
 
 def test_eval_settings_share_the_pretraining_but_not_the_evaluation():

@@ -142,6 +142,34 @@ def test_variants_train(smoke_data, tmp_path, setting):
     assert s["final"]["loss"] == s["final"]["loss"]  # finite, not NaN
 
 
+def test_cpu_amp_runs_the_convolutions_in_bf16_on_the_cpu(smoke_data, tmp_path, monkeypatch):
+    """runtime.cpu_amp: bf16 autocast on the CPU (off by default: runtime.amp alone is CUDA's). Without
+    native bf16 the run still trains and says that it will be slow."""
+    seen = []
+
+    def record(module, args, out):
+        if isinstance(module, torch.nn.Conv2d) and module.training:
+            seen.append(out.dtype)
+
+    hook = torch.nn.modules.module.register_module_forward_hook(record)
+    logs = []
+    monkeypatch.setattr(pretrain, "cpu_has_native_bf16", lambda: False)
+    try:
+        summary = {}
+        for amp in (False, True):
+            seen.clear()
+            p = params.load("smoke", settings=["pretrain.epochs=1", "pretrain.warmup_epochs=0",
+                                               f"runtime.cpu_amp={str(amp).lower()}"])
+            summary[amp] = pretrain.train(p, smoke_data, tmp_path / str(amp), threads=1, log=logs.append)
+            assert set(seen) == ({torch.bfloat16} if amp else {torch.float32}), (amp, set(seen))
+            assert pretrain.uses_amp(p, torch.device("cpu")) is amp and pretrain.uses_amp(p, torch.device("cuda"))
+    finally:
+        hook.remove()
+    assert summary[True]["final"]["loss"] == summary[True]["final"]["loss"]  # finite
+    assert summary[True]["final"]["loss"] != summary[False]["final"]["loss"]
+    assert sum("no native bf16" in str(line) for line in logs) == 1, logs
+
+
 def test_narrowest_encoder_trains_on_cpu_despite_the_channels_last_bug(smoke_data, tmp_path):
     """At width x1/16 the downsample shortcut is Conv2d(4, 8, 1, stride 2), whose channels_last CPU backward
     crashes torch 2.14 (models.channels_last_breaks_on_cpu). In a subprocess: the failure is a segfault."""

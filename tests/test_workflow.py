@@ -1,11 +1,13 @@
 """The study grid with the real Snakemake (and DVC for versioning it), on the smoke preset."""
 
 import json
+import re
 
 import pandas as pd
 import pytest
 import torch
 
+from simclr_ablations import params as P
 from simclr_ablations import studies
 
 from conftest import copy_project, run
@@ -152,6 +154,19 @@ def test_dry_run_of_imagenet_on_slurm_lists_every_job_with_its_gpus(tmp_path):
              "--rdzv_backend=c10d")
     assert pre and all(part in b for b in pre for part in parts), pre[0]
     assert not (work / "data").exists() and not (work / "runs").exists()
+
+
+def test_cpu_amp_switch_renames_every_pretraining(tmp_path):
+    """`--config cpu_amp=True` passes runtime.cpu_amp=true to every run: other pretraining ids, same count."""
+    work = copy_project(tmp_path / "p")
+    ids = {}
+    for amp in ("False", "True"):
+        out = run(["snakemake", "-n", "-p", "--config", "preset=smoke", f"cpu_amp={amp}", "studies=[temperature]"],
+                  work).stdout
+        ids[amp] = {re.search(r"runs/grid/(\w+)/model\.pt", b)[1] for b in _jobs(out, "pretrain")}
+    assert ids["False"] and len(ids["False"]) == len(ids["True"]) and not ids["False"] & ids["True"]
+    expected = {P.pretrain_id(r.params) for r in studies.expand("smoke", "temperature", ("runtime.cpu_amp=true",))}
+    assert ids["True"] == expected
 
 
 def test_changed_files_under_data_root_rerun_prepare(tmp_path):

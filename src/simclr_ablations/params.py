@@ -468,7 +468,8 @@ def synthetic_identity(s: dict) -> dict:
 # evaluation by its pretraining plus the evaluation settings, so runs that differ only in how they
 # are evaluated share one pretraining (in the Snakemake grid and under `dvc exp run`).
 # runtime keys that change the numbers: CPU kernels reduce in a thread-count-dependent order, and
-# bf16 autocast changes CUDA results. device, progress, compile, channels_last and checkpoint_every
+# bf16 autocast changes CUDA results (and CPU results with cpu_amp, which enters only when true, so
+# that the ids from before the key stay). device, progress, compile, channels_last and checkpoint_every
 # do not enter the identity (the device is recorded in every result's provenance). With more than one
 # process the world size and sync_bn enter it too (per-GPU BN is another model; the reduction order
 # differs), so a single-process run keeps the id it had before data parallelism.
@@ -487,6 +488,8 @@ def pretrain_params(p: dict) -> dict:
     q = _copy({k: v for k, v in p.items() if k not in ("runtime", "eval")})
     q["data"] = _copy(data_params(p))
     q["runtime"] = {k: p["runtime"][k] for k in RUNTIME_IDENTITY}
+    if p["runtime"]["cpu_amp"]:
+        q["runtime"]["cpu_amp"] = True
     if world_size(p) > 1:
         q["runtime"].update(world=world_size(p), sync_bn=p["runtime"]["sync_bn"])
     else:

@@ -21,6 +21,8 @@ if config.get("gpus"):
     EXTRA.append(f"runtime.gpus={config['gpus']}")
 if config.get("nodes"):
     EXTRA.append(f"runtime.nodes={config['nodes']}")
+if config.get("cpu_amp"):
+    EXTRA.append("runtime.cpu_amp=true")
 EXTRA = tuple(EXTRA)
 STUDIES = list(config["studies"]) or studies.names()
 try:
