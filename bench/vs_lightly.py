@@ -9,7 +9,8 @@ synthetic dataset, for `--warmup` untimed then `--steps` timed steps:
 
 * ours: the real pipeline, step for step as `pretrain.train` (see throughput.py): in-memory uint8
   batch -> device -> batched tensor augmentation -> Normalize -> channels-last forward (per the
-  runtime params; bf16 autocast on CUDA) -> configured loss (+ logged stats) -> configured optimizer.
+  runtime params; bf16 autocast per runtime.amp / cpu_amp) -> configured loss (+ logged stats) ->
+  configured optimizer.
 * lightly: `SimCLRTransform` (PIL, per image; gaussian_blur=0 as in lightly's CIFAR-10 benchmark, the
   colour jitter, crop scale, flip and grayscale probabilities of our params) in a standard torch
   DataLoader over PIL images, `SimCLRProjectionHead` on the same encoder, `NTXentLoss` at our
@@ -134,7 +135,7 @@ def run_lightly(p: dict, data_dir: Path, args) -> dict:
     def step(batch):
         (x0, x1), _ = batch
         x = torch.cat([x0, x1]).to(device, non_blocking=True).contiguous(memory_format=layout)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda and p["runtime"]["amp"]):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=pretrain.uses_amp(p, device)):
             z0, z1 = model(x).float().chunk(2)
             loss = criterion(z0, z1)
         opt.zero_grad(set_to_none=True)
